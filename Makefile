@@ -1,0 +1,31 @@
+# Two commands do all the set-up on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3.11
+VENV   := .venv
+PY     := $(VENV)/bin/python
+# The local CPU build; the project itself only needs torch>=2.4 (pyproject.toml).
+TORCH  ?= torch==2.13.0
+
+.PHONY: demo test lint bench clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH)"
+	$(PY) -m pip install -q -e ".[test]"
+	touch $@
+
+demo: $(VENV)/.installed
+	$(VENV)/bin/nasframe quickstart
+
+test: $(VENV)/.installed
+	$(PY) -m pytest
+
+lint: $(VENV)/.installed
+	$(PY) -m pip install -q ruff && $(VENV)/bin/ruff check nasframe strategies spaces backbones benchmarks tests
+
+bench: $(VENV)/.installed
+	$(PY) -m benchmarks.memory_vs_hidden
+	$(PY) -m benchmarks.strategies
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,44 @@
+"""The reversible multi-split backbone (DARTSformer): each F_i pools its inputs and applies an
+op or a choice node (paper.md Eq. 5)."""
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from nasframe.ops import Context
+from nasframe.reversible import ReversibleStack, SplitLayer, parse_inputs
+from nasframe.space import Stack
+
+
+class SplitFunction(nn.Module):
+    """F_i(inputs) = op(pool(inputs)): element-wise max or mean over the split's inputs."""
+
+    def __init__(self, op: nn.Module, pool: str) -> None:
+        super().__init__()
+        self.op = op
+        self.pool = pool
+
+    def forward(self, inputs: list[Tensor], **ctx: Any) -> Tensor:
+        if len(inputs) == 1:
+            pooled = inputs[0]
+        elif self.pool == "max":
+            pooled = torch.stack(inputs).amax(dim=0)
+        else:
+            pooled = torch.stack(inputs).mean(dim=0)
+        return self.op(pooled, Context(**ctx))
+
+
+def build_reversible_stack(spec: Stack, blocks: int, memory_saving: bool,
+                           make_unit: Callable[[int, str], nn.Module]) -> ReversibleStack:
+    """``blocks`` repeats of the ``spec.layers`` searched layers, each split's F_i built by
+    ``make_unit(layer, "split<i>")``; weights are separate, choices shared per layer index."""
+    inputs = parse_inputs(spec.inputs)
+    layers = []
+    for _ in range(blocks):
+        for l in range(1, spec.layers + 1):
+            fns = [SplitFunction(make_unit(l, unit), spec.pool) for unit, _ in spec.units()]
+            layers.append(SplitLayer(fns, inputs))
+    return ReversibleStack(layers, memory_saving=memory_saving)

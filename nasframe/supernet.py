@@ -1,0 +1,180 @@
+"""The supernet: every module and choice node of a search space, as one seq2seq model.
+
+The same class is the fixed model of a derived architecture: built with ``arch=...`` it holds
+only the chosen op of every node and no parameters of the others (``build_model``).
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from torch import Tensor, nn
+
+from nasframe import ops
+from nasframe.backbones import FactorisedEmbedding, build_reversible_stack, build_sequential_stack
+from nasframe.choice import ChoiceNode, Mode
+from nasframe.errors import ConfigError, SpaceError
+from nasframe.ops import IncrementalState
+from nasframe.space import OpSet, OpSpec, SearchSpace, Stack
+
+if TYPE_CHECKING:
+    from nasframe.architecture import Architecture
+
+__all__ = ["ModelConfig", "Supernet", "build_model", "count_parameters"]
+
+
+class ModelConfig(BaseModel):
+    """Sizes of a model built from a space; the space says what, this says how big."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    d_model: int = Field(64, ge=2, description="hidden size d of the searched layers")
+    embed_dim: int | None = Field(None, ge=1, description="factorised embedding E (None: d)")
+    blocks: int = Field(1, ge=1, description="repeats of the block of L searched layers")
+    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    memory_saving: bool = Field(True, description="backprop with reconstruction (reversible)")
+    alpha_init_std: float = Field(1e-3, ge=0.0, description="alpha ~ N(0, std) (paper.md §4)")
+    pad_id: int = 0
+
+    def __init__(self, **data: object) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as err:
+            raise ConfigError("; ".join(
+                f"model.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors()
+            )) from None
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+class Supernet(nn.Module):
+    """Embedding, encoder stack, decoder stack and a tied output layer built from a space.
+
+    ``forward(src, tgt_in) -> logits``; ``encode``/``decode`` for beam search (``decode`` with
+    an ``IncrementalState`` runs one step at a time).
+    """
+
+    def __init__(self, space: SearchSpace, config: ModelConfig | None = None,
+                 vocab_size: int = 1000, arch: Architecture | None = None) -> None:
+        super().__init__()
+        self.space, self.config = space, config or ModelConfig()
+        self.vocab_size, self.arch = vocab_size, arch
+        cfg, d = self.config, self.config.d_model
+        _check_widths(space, d)
+        self.alphas = nn.ParameterDict()
+        if arch is None:
+            gen = torch.Generator().manual_seed(0)
+            for name, labels in space.choice_nodes().items():
+                init = torch.randn(len(labels), generator=gen) * cfg.alpha_init_std
+                self.alphas[_key(name)] = nn.Parameter(init)
+        self.embed = FactorisedEmbedding(vocab_size, cfg.embed_dim or d, d, cfg.pad_id,
+                                         cfg.dropout)
+        self.encoder = self._build_part("encoder", causal=False)
+        self.decoder = self._build_part("decoder", causal=True)
+        self.encoder_norm = nn.LayerNorm(d)
+        self.decoder_norm = nn.LayerNorm(d)
+
+    # -- construction -----------------------------------------------------------------------
+    def _build_part(self, part: str, causal: bool) -> nn.Module:
+        spec = getattr(self.space, part)
+        units = dict(spec.units())
+        width = self.config.d_model // spec.splits if isinstance(spec, Stack) else \
+            self.config.d_model
+
+        def make_unit(layer: int, unit: str) -> nn.Module:
+            what, node = units[unit], f"{part}.layer{layer}.{unit}"
+            if isinstance(what, OpSpec):
+                return self._op(what, width, causal)
+            if self.arch is not None:
+                return self._op(what.get(self.arch.choices[node]), width, causal)
+            return ChoiceNode(node, what.labels, [self._op(o, width, causal) for o in what.ops],
+                              self.alphas[_key(node)])
+
+        if isinstance(spec, Stack):
+            return build_reversible_stack(spec, self.config.blocks, self.config.memory_saving,
+                                          make_unit)
+        return build_sequential_stack(spec, self.config.blocks, make_unit)
+
+    def _op(self, spec: OpSpec, width: int, causal: bool) -> nn.Module:
+        try:
+            return ops.create_op(spec.name, width, causal=causal, dropout=self.config.dropout,
+                                 memory_dim=self.config.d_model, **spec.params)
+        except SpaceError as err:  # name where the op sits: its width comes from d_model
+            raise SpaceError(f"{spec.label} at width {width} (model.d_model="
+                             f"{self.config.d_model}): {err}") from None
+
+    # -- the model --------------------------------------------------------------------------
+    def encode(self, src: Tensor) -> tuple[Tensor, Tensor]:
+        """(batch, src_len) token ids -> encoder output and its padding mask."""
+        mask = src.eq(self.config.pad_id)
+        h = self.encoder(self.embed(src), padding_mask=mask)
+        return self.encoder_norm(h), mask
+
+    def decode(self, tgt_in: Tensor, memory: Tensor, memory_mask: Tensor,
+               state: IncrementalState | None = None) -> Tensor:
+        """Logits for ``tgt_in``; with ``state``, ``tgt_in`` holds only the new positions."""
+        start = state.step if state is not None else 0
+        mask = None if state is not None else tgt_in.eq(self.config.pad_id)
+        h = self.embed(tgt_in, start)
+        h = self.decoder(h, padding_mask=mask, memory=memory, memory_mask=memory_mask,
+                         state=state)
+        if state is not None:
+            state.step += tgt_in.size(1)
+        return self.embed.logits(self.decoder_norm(h))
+
+    def forward(self, src: Tensor, tgt_in: Tensor) -> Tensor:
+        memory, memory_mask = self.encode(src)
+        return self.decode(tgt_in, memory, memory_mask)
+
+    # -- search interface -------------------------------------------------------------------
+    def choice_nodes(self) -> Iterator[ChoiceNode]:
+        """Every choice node module (a node name appears once per repeated block)."""
+        return (m for m in self.modules() if isinstance(m, ChoiceNode))
+
+    def arch_parameters(self) -> list[nn.Parameter]:
+        return list(self.alphas.values())
+
+    def weight_parameters(self) -> list[nn.Parameter]:
+        alpha_ids = {id(a) for a in self.alphas.values()}
+        return [p for p in self.parameters() if id(p) not in alpha_ids]
+
+    def alpha_dict(self) -> dict[str, Tensor]:
+        """Node name -> alpha (detached)."""
+        names = self.space.choice_nodes()
+        return {name: self.alphas[_key(name)].detach() for name in names}
+
+    def set_mode(self, mode: Mode) -> None:
+        for node in self.choice_nodes():
+            node.set_mode(mode)
+
+    def select(self, choices: Mapping[str, str | int]) -> None:
+        """Set the op every ``sampled``/``fixed`` node evaluates: node name -> label or index."""
+        for node in self.choice_nodes():
+            node.select(choices[node.name])
+
+    def set_memory_saving(self, on: bool) -> None:
+        for m in self.modules():
+            if hasattr(m, "memory_saving"):
+                m.memory_saving = on
+
+
+def build_model(arch: Architecture, config: ModelConfig | None = None,
+                vocab_size: int = 1000) -> Supernet:
+    """The fixed model of an architecture: only chosen ops, trained with ordinary backprop."""
+    config = (config or ModelConfig()).model_copy(update={"memory_saving": False})
+    return Supernet(arch.space, config, vocab_size, arch=arch)
+
+
+def _key(node: str) -> str:
+    return node.replace(".", "/")  # ParameterDict keys cannot contain dots
+
+
+def _check_widths(space: SearchSpace, d: int) -> None:
+    for part, spec in space.parts():
+        if isinstance(spec, Stack) and d % spec.splits:
+            raise SpaceError(f"model.d_model: {d} is not divisible by {part}.splits="
+                             f"{spec.splits}")

@@ -1,0 +1,30 @@
+"""Built-in search spaces, found by name: ``nf.spaces.get("dartsformer")``.
+
+Users add their own with ``nf.spaces.register("name", factory)``.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from nasframe.errors import SpaceError
+from nasframe.space import SearchSpace
+
+_SPACES: dict[str, Callable[..., SearchSpace]] = {}
+
+
+def register(name: str, factory: Callable[..., SearchSpace]) -> None:
+    _SPACES[name] = factory
+
+
+def names() -> list[str]:
+    return sorted(_SPACES)
+
+
+def get(name: str, **options: object) -> SearchSpace:
+    """The built-in space ``name``; ``options`` go to its factory (e.g. ``layers=1``)."""
+    if name not in _SPACES:
+        raise SpaceError(f"unknown space {name!r}; known spaces: {', '.join(names())}")
+    return _SPACES[name](**options)
+
+
+from nasframe.spaces import darts_transformer, dartsformer, tiny, transformer  # noqa: E402,F401
