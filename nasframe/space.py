@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import math
 import re
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
@@ -49,16 +50,27 @@ def _format_validation_error(err: ValidationError, root: str) -> str:
     return "\n".join(lines)
 
 
+_VALIDATING: ContextVar[bool] = ContextVar("nasframe_space_validating", default=False)
+
+
 class _Model(BaseModel):
     """Frozen, strict-about-extras model whose validation errors become SpaceError."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     def __init__(self, **data: Any) -> None:
+        # pydantic calls a custom __init__ for nested models too; only the outermost call
+        # converts, so the message keeps the full path (``decoder.fixed``).
+        outermost = not _VALIDATING.get()
+        token = _VALIDATING.set(True)
         try:
             super().__init__(**data)
         except ValidationError as err:
+            if not outermost:
+                raise
             raise SpaceError(_format_validation_error(err, type(self).__name__)) from None
+        finally:
+            _VALIDATING.reset(token)
 
 
 # ----------------------------------------------------------------------------- operations
@@ -392,10 +404,13 @@ class SearchSpace(_Model):
         if isinstance(source, Path) or (not text.lstrip().startswith("{") and Path(text).exists()):
             where = str(source)
             text = Path(source).read_text(encoding="utf-8")
+        token = _VALIDATING.set(True)
         try:
             return cls.model_validate_json(text)
         except ValidationError as err:
             raise SpaceError(f"{where}: " + _format_validation_error(err, where)) from None
+        finally:
+            _VALIDATING.reset(token)
 
     def digest(self) -> str:
         """Short content hash, recorded by runs so a search names the exact space it used."""

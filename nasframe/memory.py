@@ -1,0 +1,61 @@
+"""Memory measurement: bytes kept for backward (any device) and CUDA peak memory.
+
+``saved_bytes`` counts the unique storages that autograd keeps between forward and backward,
+the memory that backprop with reconstruction removes; parameters are left out because both
+methods keep them anyway. On CUDA ``peak_bytes`` adds what backward itself allocates.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+__all__ = ["SavedBytes", "saved_bytes", "peak_bytes"]
+
+
+@dataclass
+class SavedBytes:
+    bytes: int
+    tensors: int
+
+    @property
+    def mib(self) -> float:
+        return self.bytes / 2**20
+
+
+def saved_bytes(forward: Callable[[], Tensor], exclude: Iterable[Tensor] = ()) -> SavedBytes:
+    """Run ``forward`` and count the unique storages saved for backward (excluding ``exclude``).
+
+    The result of ``forward`` is dropped afterwards, so the graph is freed.
+    """
+    skip = {t.untyped_storage().data_ptr() for t in exclude}
+    seen: dict[int, int] = {}
+    count = 0
+
+    def pack(t: Tensor) -> Tensor:
+        nonlocal count
+        storage = t.untyped_storage()
+        ptr = storage.data_ptr()
+        if ptr not in skip and ptr not in seen:
+            seen[ptr] = storage.nbytes()
+        count += 1
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = forward()
+    del out
+    return SavedBytes(sum(seen.values()), count)
+
+
+def peak_bytes(step: Callable[[], None], device: torch.device) -> int | None:
+    """Peak CUDA memory allocated by ``step`` above what was allocated before it (None on CPU)."""
+    if device.type != "cuda":
+        return None
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    base = torch.cuda.memory_allocated(device)
+    step()
+    torch.cuda.synchronize(device)
+    return torch.cuda.max_memory_allocated(device) - base
