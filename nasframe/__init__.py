@@ -7,14 +7,17 @@ Everything a user needs is importable from here::
 """
 from __future__ import annotations
 
-from nasframe import ops, reversible
+from nasframe import (
+    ops,
+    reversible,
+    spaces,  # noqa: E402  (after the DSL: built-in spaces use it)
+)
 from nasframe.architecture import Architecture, derive
 from nasframe.choice import ChoiceNode
 from nasframe.errors import CheckpointError, ConfigError, DataError, NasframeError, SpaceError
 from nasframe.ops import Context, IncrementalState, Operation, Residual, register_op
 from nasframe.space import OpSet, OpSpec, SearchSpace, Sequential, Stack, op
 from nasframe.supernet import ModelConfig, Supernet, build_model, count_parameters
-from nasframe import spaces  # noqa: E402  (after the DSL: built-in spaces use it)
 
 __version__ = "0.1.0"
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-__all__ = ["SavedBytes", "saved_bytes", "peak_bytes"]
+__all__ = ["SavedBytes", "saved_bytes", "peak_bytes", "measure_step"]
 
 
 @dataclass
@@ -59,3 +59,22 @@ def peak_bytes(step: Callable[[], None], device: torch.device) -> int | None:
     step()
     torch.cuda.synchronize(device)
     return torch.cuda.max_memory_allocated(device) - base
+
+
+def measure_step(model: torch.nn.Module, src: Tensor, tgt: Tensor) -> dict[str, float | None]:
+    """Bytes kept for backward and (CUDA) peak bytes of one forward + backward of ``model``.
+
+    The loss is a plain sum of log-probabilities; what is measured is the graph, not the loss.
+    """
+    model.train()
+    params = list(model.parameters())
+    kept = saved_bytes(lambda: model(src, tgt).log_softmax(-1).sum(), exclude=params)
+
+    def step() -> None:
+        model(src, tgt).log_softmax(-1).sum().backward()
+        model.zero_grad(set_to_none=True)
+
+    peak = peak_bytes(step, src.device)
+    if peak is None:
+        step()  # run it anyway: the figure must come from a step that works
+    return {"saved_bytes": kept.bytes, "peak_bytes": peak}

@@ -22,11 +22,17 @@ import math
 import re
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 import networkx as nx
 from pydantic import (
-    BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
 )
 
 from nasframe import ops
@@ -34,7 +40,7 @@ from nasframe.errors import SpaceError
 
 __all__ = ["OpSpec", "op", "OpSet", "Stack", "Sequential", "SearchSpace", "default_topology"]
 
-Scalar = Union[bool, int, float, str]
+Scalar = bool | int | float | str
 
 
 _TAGS = ("reversible", "sequential")  # discriminator tags pydantic puts in error locations
@@ -119,8 +125,6 @@ def op(name: str, **params: Scalar) -> OpSpec:
     """Declare an op with parameters: ``nf.op("conv", kernel=3)``."""
     return OpSpec(name=name, params=params)
 
-
-OpLike = Annotated[OpSpec, Field()]
 
 
 class OpSet(_Model):
@@ -280,7 +284,7 @@ class Sequential(_Model):
     """A standard Transformer layer: residual sublayers in order; an OpSet sublayer is a choice."""
 
     kind: Literal["sequential"] = "sequential"
-    sublayers: list[Union[OpSet, OpSpec]]
+    sublayers: list[OpSet | OpSpec]
     layers: int = Field(1, ge=1)
 
     def __init__(self, sublayers: Any = None, **data: Any) -> None:
@@ -319,7 +323,7 @@ class Sequential(_Model):
         return [(f"sub{k}", s) for k, s in enumerate(self.sublayers, start=1)]
 
 
-LayerSpec = Annotated[Union[Stack, Sequential], Field(discriminator="kind")]
+LayerSpec = Annotated[Stack | Sequential, Field(discriminator="kind")]
 
 
 class SearchSpace(_Model):

@@ -17,7 +17,7 @@ from nasframe.backbones import FactorisedEmbedding, build_reversible_stack, buil
 from nasframe.choice import ChoiceNode, Mode
 from nasframe.errors import ConfigError, SpaceError
 from nasframe.ops import IncrementalState
-from nasframe.space import OpSet, OpSpec, SearchSpace, Stack
+from nasframe.space import OpSpec, SearchSpace, Stack
 
 if TYPE_CHECKING:
     from nasframe.architecture import Architecture

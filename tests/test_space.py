@@ -162,7 +162,8 @@ def test_architecture_json_table_diff_and_validation(tmp_path):
     assert nf.Architecture.load(path) == arch
     other = nf.Architecture(space=space, choices={**arch.choices,
                                                   "encoder.layer1.split1": "ffn"})
-    assert other.diff(arch) == {"encoder.layer1.split1": ("ffn", nodes["encoder.layer1.split1"][-1])}
+    best = nodes["encoder.layer1.split1"][-1]
+    assert other.diff(arch) == {"encoder.layer1.split1": ("ffn", best)}
     assert arch.table().row_count == len(nodes)
     with pytest.raises(nf.SpaceError, match=r"choices.encoder.layer1.split1: 'glu' is not a"):
         nf.Architecture(space=space, choices={**arch.choices, "encoder.layer1.split1": "glu"})
