@@ -15,6 +15,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: $(VENV)/.installed
+	$(VENV)/bin/nasframe space dartsformer --memory
 	$(VENV)/bin/nasframe quickstart
 
 test: $(VENV)/.installed

@@ -52,7 +52,9 @@ class Context:
 
     padding_mask: (batch, time) bool, True where ``x`` is padding (None: no padding).
     memory, memory_mask: encoder output (batch, src_time, memory_dim) and its padding mask.
-    state: incremental decoding state; when given, ``x`` holds only the newest position(s).
+    state: incremental decoding state; when given, ``x`` holds only the newest position(s),
+        ``padding_mask`` (if any) covers only those positions, and the caller advances
+        ``state.step``; ops find their position from their own caches.
     """
 
     padding_mask: Tensor | None = None
