@@ -1,0 +1,71 @@
+"""``nasframe translate --model RUN < in.txt > out.txt``: translate lines with beam search.
+
+Reads source sentences from stdin (or --input), one per line, and writes one detokenised
+translation per line to stdout (or --output), in the input order. Sentences are decoded in
+length-sorted batches; empty lines stay empty.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from rich.console import Console
+
+from nasframe.decode import DecodeOptions
+from nasframe.evaluate import translate_with_progress
+from nasframe.train import load_run
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("translate", help="translate stdin with a trained run (beam search)",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True, help="run directory of `nasframe train`")
+    add_decode_arguments(p)
+    p.add_argument("--input", help="read sentences from this file instead of stdin")
+    p.add_argument("--output", help="write translations to this file instead of stdout")
+    p.add_argument("--progress", action="store_true", help="show a progress bar on stderr")
+    p.set_defaults(func=run)
+
+
+def add_decode_arguments(p: argparse.ArgumentParser) -> None:
+    """Beam size, length penalty, output length limit, checkpoint, device (shared)."""
+    p.add_argument("--beam", type=int, default=5, help="beam size (default 5; 1: greedy)")
+    p.add_argument("--lenpen", type=float, default=1.0,
+                   help="length penalty exponent alpha (default 1.0)")
+    p.add_argument("--lenpen-style", choices=["fairseq", "gnmt"], default="fairseq",
+                   help="score / len^alpha (fairseq, default) or ((5 + len) / 6)^alpha (gnmt)")
+    p.add_argument("--max-len-a", type=float, default=1.2, help="output limit a*x + b: a (1.2)")
+    p.add_argument("--max-len-b", type=int, default=10, help="output limit a*x + b: b (10)")
+    p.add_argument("--checkpoint", default="auto",
+                   help="auto (averaged, else best, else last), avg, best, last or a file name")
+    p.add_argument("--device", help="auto (the run's), cpu, cuda, ...")
+
+
+def decode_options(args: argparse.Namespace) -> DecodeOptions:
+    return DecodeOptions(beam=args.beam, alpha=args.lenpen, style=args.lenpen_style,
+                         max_len_a=args.max_len_a, max_len_b=args.max_len_b)
+
+
+def run(args: argparse.Namespace) -> int:
+    options = decode_options(args)
+    loaded = load_run(args.model, args.checkpoint, args.device)
+    if args.input:
+        lines = Path(args.input).read_text(encoding="utf-8").splitlines()
+    else:
+        lines = sys.stdin.read().splitlines()
+    texts = [line.strip() for line in lines]
+    keep = [i for i, t in enumerate(texts) if t]
+    translated = translate_with_progress(loaded.model, loaded.vocab, [texts[i] for i in keep],
+                                         options, Console(stderr=True), args.progress,
+                                         loaded.config.max_len)
+    out = [""] * len(texts)
+    for i, t in zip(keep, translated):
+        out[i] = t
+    text = "".join(line + "\n" for line in out)
+    if args.output:
+        Path(args.output).write_text(text, encoding="utf-8")
+    else:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    return 0

@@ -1,0 +1,105 @@
+"""BLEU and chrF of a trained run on a corpus split, with sacrebleu on detokenised text.
+
+Scores are computed on detokenised output against the raw references (sacrebleu's own
+tokenisation), so they are comparable across vocabularies and with published numbers.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import sacrebleu
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from nasframe.data import ParallelCorpus, Vocab, load_split, read_pair
+from nasframe.decode import DecodeOptions, translate_ids
+from nasframe.errors import DataError
+from nasframe.supernet import Supernet
+from nasframe.train import DataSpec, LoadedRun, load_run
+
+__all__ = ["evaluate_run", "score", "split_corpus", "translate_with_progress"]
+
+
+def score(hypotheses: Sequence[str], references: Sequence[str]) -> dict[str, Any]:
+    """Corpus BLEU and chrF (sacrebleu defaults) and their signatures."""
+    if len(hypotheses) != len(references):
+        raise DataError(f"{len(hypotheses)} hypotheses but {len(references)} references")
+    bleu = sacrebleu.metrics.BLEU()
+    chrf = sacrebleu.metrics.CHRF()
+    b = bleu.corpus_score(list(hypotheses), [list(references)])
+    c = chrf.corpus_score(list(hypotheses), [list(references)])
+    return {"bleu": round(b.score, 2), "chrf": round(c.score, 2),
+            "bleu_signature": str(bleu.get_signature()),
+            "chrf_signature": str(chrf.get_signature())}
+
+
+def translate_with_progress(model: Supernet, vocab: Vocab, sentences: Sequence[str],
+                            options: DecodeOptions, console: Console | None = None,
+                            progress: bool = True, max_source_len: int = 250,
+                            description: str = "translate") -> list[str]:
+    """``decode.translate`` with a progress bar over sentences."""
+    model.eval()
+    sources = [ids[:max_source_len] for ids in vocab.encode_many(list(sentences))]
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("sentences"), TimeRemainingColumn(),
+                  console=console or Console(stderr=True), disable=not progress) as bar:
+        task = bar.add_task(description, total=len(sources))
+        ids = translate_ids(model, sources, options,
+                            on_batch=lambda n: bar.update(task, advance=n))
+    return [vocab.decode(o) for o in ids]
+
+
+def split_corpus(run: LoadedRun, split: str, data: DataSpec | None = None) -> ParallelCorpus:
+    """The ``split`` of the corpus given, or else of the corpus the run was trained on."""
+    if data is not None and (data.src or data.tgt):
+        if not (data.src and data.tgt):
+            raise DataError("give both --src and --tgt (two aligned files), or --data")
+        return read_pair(data.src, data.tgt)
+    if data is not None and data.data:
+        return load_split(data.data, split)
+    if run.data.src is not None or not run.data.has_splits():
+        raise DataError(f"the run was trained on {run.data.src or run.data.data}, which has no "
+                        f"{split!r} split; give --data FILE.tsv or --src/--tgt")
+    return load_split(run.data.data or "lohelp", split)
+
+
+def evaluate_run(run_dir: str | Path, split: str = "test", data: DataSpec | None = None,
+                 options: DecodeOptions | None = None, limit: int | None = None,
+                 checkpoint: str = "auto", device: str | None = None,
+                 progress: bool = True, console: Console | None = None) -> dict[str, Any]:
+    """Translate a split with the run's model, score it, write ``eval_<split>.json`` and the
+    hypotheses (``eval_<split>.hyp.txt``) into the run directory; return the scores.
+
+    ``limit`` scores only the first ``limit`` pairs (recorded in the result).
+    """
+    run_dir = Path(run_dir)
+    run = load_run(run_dir, checkpoint, device)
+    corpus = split_corpus(run, split, data)
+    total = len(corpus)
+    src, ref = corpus.src, corpus.tgt
+    if limit is not None and limit < total:
+        src, ref = src[:limit], ref[:limit]
+    options = options or DecodeOptions()
+    started = time.perf_counter()
+    hyps = translate_with_progress(run.model, run.vocab, src, options, console, progress,
+                                   run.config.max_len, f"translate {split}")
+    seconds = time.perf_counter() - started
+    result = {**score(hyps, ref), "split": split, "corpus": corpus.name,
+              "sentences": len(src), "of": total, "beam": options.beam,
+              "length_penalty": options.alpha, "length_penalty_style": options.style,
+              "max_len": [options.max_len_a, options.max_len_b],
+              "checkpoint": run.checkpoint.name, "translate_seconds": round(seconds, 2)}
+    _write(run_dir / f"eval_{split}.hyp.txt", "".join(h + "\n" for h in hyps))
+    _write(run_dir / f"eval_{split}.json", json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def _write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)

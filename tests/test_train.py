@@ -1,0 +1,205 @@
+"""Re-training: loss, schedule, exact resume, checkpoint averaging, budgets, user errors."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import nasframe as nf
+from nasframe.cli import main
+from nasframe.data import ParallelCorpus, load_split, write_tsv
+from nasframe.train import (
+    DataSpec,
+    TrainConfig,
+    average_checkpoints,
+    inverse_sqrt,
+    label_smoothed_loss,
+    load_data,
+    load_run,
+    train,
+)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(autouse=True)
+def vocab_cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("NASFRAME_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+@pytest.fixture(scope="module")
+def small_tsv(tmp_path_factory) -> Path:
+    """300 real sentence pairs: enough for a 200-piece vocabulary, quick to train on."""
+    corpus = load_split("lohelp", "train")
+    path = tmp_path_factory.mktemp("data") / "small.tsv"
+    write_tsv(ParallelCorpus(corpus.src[:300], corpus.tgt[:300], "small"), path)
+    return path
+
+
+def tiny_config(**changes) -> TrainConfig:
+    base = dict(model=nf.ModelConfig(d_model=48, embed_dim=32, dropout=0.1), vocab_size=200,
+                max_tokens=400, steps=6, lr=1e-3, warmup=4, checkpoint_every=2, log_every=1,
+                device="cpu")
+    return TrainConfig(**{**base, **changes})
+
+
+def tiny_arch() -> nf.Architecture:
+    space = nf.spaces.get("tiny")
+    labels = ["self_attention", "conv:kernel=3", "ffn", "identity"]
+    choices = {node: labels[i % len(labels)] for i, node in enumerate(space.choice_nodes())}
+    return nf.Architecture(space=space, choices=choices)
+
+
+# ----------------------------------------------------------------------------- pieces
+
+def test_label_smoothed_loss_matches_torch_and_ignores_padding():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 5, 11, generator=g)
+    target = torch.randint(1, 11, (2, 5), generator=g)
+    target[1, 3:] = 0
+    loss, nll, n = label_smoothed_loss(logits, target, 0.1)
+    assert n == 8
+    ref = F.cross_entropy(logits.view(-1, 11), target.view(-1), ignore_index=0,
+                          label_smoothing=0.1, reduction="sum")
+    ref_nll = F.cross_entropy(logits.view(-1, 11), target.view(-1), ignore_index=0,
+                              reduction="sum")
+    assert float(loss) == pytest.approx(float(ref), rel=1e-6)
+    assert float(nll) == pytest.approx(float(ref_nll), rel=1e-6)
+
+
+def test_inverse_sqrt_schedule():
+    f = inverse_sqrt(100)
+    assert f(1) == pytest.approx(0.01)
+    assert f(50) == pytest.approx(0.5)
+    assert f(100) == pytest.approx(1.0)
+    assert f(400) == pytest.approx(0.5)
+
+
+def test_averaging_averages(tmp_path):
+    for i, (w, count) in enumerate([([1.0, 2.0], 3), ([3.0, 6.0], 5)]):
+        torch.save({"model": {"w": torch.tensor(w), "count": torch.tensor(count)}},
+                   tmp_path / f"c{i}.pt")
+    avg = average_checkpoints([tmp_path / "c0.pt", tmp_path / "c1.pt"])
+    assert torch.equal(avg["w"], torch.tensor([2.0, 4.0]))
+    assert avg["count"].dtype == torch.int64  # integer buffers are not averaged
+
+
+def test_config_needs_an_end_and_names_bad_fields():
+    with pytest.raises(nf.ConfigError, match="steps or minutes"):
+        TrainConfig(steps=None, minutes=None)
+    with pytest.raises(nf.ConfigError, match="train.lr"):
+        TrainConfig(lr=-1.0)
+    with pytest.raises(nf.ConfigError, match="unknown preset"):
+        TrainConfig.preset_config("huge")
+
+
+def test_a_single_file_holds_out_validation_pairs(small_tsv):
+    train_corpus, valid = load_data(DataSpec(data=str(small_tsv)))
+    assert len(valid) == 6 and len(train_corpus) == 294
+    assert sorted(train_corpus.src + valid.src) == sorted(load_data(
+        DataSpec(data=str(small_tsv)), seed=5)[0].src + load_data(
+        DataSpec(data=str(small_tsv)), seed=5)[1].src)  # a partition, whatever the seed
+
+
+# ----------------------------------------------------------------------------- runs
+
+def test_a_run_directory_holds_everything(tmp_path, small_tsv):
+    out = tmp_path / "run"
+    result = train(tiny_arch(), out, tiny_config(average_last=2),
+                   DataSpec(data=str(small_tsv)), progress=False)
+    assert result.steps == 6
+    for name in ("config.json", "arch.json", "vocab.model", "metrics.jsonl"):
+        assert (out / name).is_file(), name
+    ckpts = {p.name for p in (out / "checkpoints").iterdir()}
+    assert {"checkpoint_last.pt", "checkpoint_best.pt", "checkpoint_avg.pt",
+            "checkpoint_4.pt", "checkpoint_6.pt"} <= ckpts
+    avg = torch.load(out / "checkpoints" / "checkpoint_avg.pt")["model"]
+    a = torch.load(out / "checkpoints" / "checkpoint_4.pt")["model"]
+    b = torch.load(out / "checkpoints" / "checkpoint_6.pt")["model"]
+    key = "embed.tokens.weight"
+    torch.testing.assert_close(avg[key], (a[key] + b[key]) / 2)
+    events = [json.loads(line)["event"] for line in (out / "metrics.jsonl").open()]
+    assert events.count("train") == 6 and "valid" in events and events[-1] == "end"
+    data = next(json.loads(line) for line in (out / "metrics.jsonl").open()
+                if '"data"' in line)
+    assert data["dropped_train"] == 0 and data["max_len"] == 250
+    loaded = load_run(out)
+    assert loaded.checkpoint.name == "checkpoint_avg.pt" and not loaded.model.training
+
+
+def test_resume_is_bitwise_exact(tmp_path, small_tsv):
+    data = DataSpec(data=str(small_tsv))
+    straight = tmp_path / "straight"
+    train(tiny_arch(), straight, tiny_config(steps=6), data, progress=False)
+    killed = tmp_path / "killed"
+    train(tiny_arch(), killed, tiny_config(steps=3), data, progress=False)
+    result = train(None, killed, resume=True, overrides={"steps": 6}, progress=False)
+    assert result.steps == 6
+    a = torch.load(straight / "checkpoints" / "checkpoint_last.pt", weights_only=False)
+    b = torch.load(killed / "checkpoints" / "checkpoint_last.pt", weights_only=False)
+    for key, value in a["model"].items():
+        assert torch.equal(value, b["model"][key]), key
+    for sa, sb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
+        for key in sa:
+            assert torch.equal(sa[key], sb[key])
+    assert a["batcher"] == b["batcher"] and a["scheduler"] == b["scheduler"]
+    assert torch.equal(a["rng"]["torch"], b["rng"]["torch"])
+
+    def losses(run: Path) -> list[float]:
+        return [r["loss"] for r in map(json.loads, (run / "metrics.jsonl").open())
+                if r["event"] == "train"]
+    assert losses(straight) == losses(killed)
+
+
+def test_a_time_budget_ends_training(tmp_path, small_tsv):
+    config = tiny_config(steps=None, minutes=1e-4, checkpoint_every=1000)
+    result = train(tiny_arch(), tmp_path / "run", config, DataSpec(data=str(small_tsv)),
+                   progress=False)
+    assert result.steps >= 1
+    assert json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1]
+                      )["step"] == result.steps
+
+
+def test_resume_may_change_only_how_long(tmp_path, small_tsv):
+    out = tmp_path / "run"
+    train(tiny_arch(), out, tiny_config(steps=2), DataSpec(data=str(small_tsv)), progress=False)
+    with pytest.raises(nf.ConfigError, match="lr"):
+        train(None, out, resume=True, overrides={"lr": 0.1}, progress=False)
+    with pytest.raises(nf.CheckpointError, match="--resume"):
+        train(tiny_arch(), out, tiny_config(), DataSpec(data=str(small_tsv)), progress=False)
+    with pytest.raises(nf.CheckpointError, match="nothing to resume"):
+        train(None, tmp_path / "empty", resume=True, progress=False)
+
+
+# ----------------------------------------------------------------------------- command line
+
+def test_train_command_and_its_errors(tmp_path, small_tsv, capsys):
+    arch = tmp_path / "arch.json"
+    tiny_arch().save(arch)
+    out = tmp_path / "run"
+    args = ["train", "--arch", str(arch), "--out", str(out), "--data", str(small_tsv),
+            "--steps", "2", "--vocab-size", "200", "--max-tokens", "400", "--no-progress"]
+    assert main(args) == 0
+    assert capsys.readouterr().out.strip() == str(out)
+    assert main(args[:-3] + ["--steps", "3", "--resume", "--no-progress"]) == 0
+    assert json.loads((out / "config.json").read_text())["train"]["steps"] == 3
+
+    bad = tmp_path / "bad.tsv"
+    bad.write_text("a sentence\tein Satz\nno tab here\n", encoding="utf-8")
+    assert main(["train", "--arch", "transformer", "--out", str(tmp_path / "b"),
+                 "--data", str(bad), "--steps", "1"]) == 2
+    assert f"{bad}:2: no tab" in capsys.readouterr().err
+    assert main(["train", "--arch", "dartsformer", "--out", str(tmp_path / "c")]) == 2
+    assert "has choices" in capsys.readouterr().err
+    assert main(["train", "--arch", "transformer", "--out", str(tmp_path / "d"),
+                 "--src", str(small_tsv), "--steps", "1"]) == 2
+    assert "--src and --tgt" in capsys.readouterr().err
