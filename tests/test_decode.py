@@ -24,15 +24,6 @@ from nasframe.train import TrainConfig, Trainer
 VOCAB = 30
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small shapes run faster on one thread, and timings do not depend on other processes."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def batch(seed: int = 0, rows: int = 3, src_len: int = 7, tgt_len: int = 6):
     g = torch.Generator().manual_seed(seed)
     src = torch.randint(4, VOCAB, (rows, src_len), generator=g)

@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
 import nasframe as nf
 from nasframe.cli import main
@@ -17,19 +16,6 @@ from nasframe.pipeline import (
     fresh_directory,
     run_quickstart,
 )
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(autouse=True)
-def vocab_cache(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv("NASFRAME_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
 
 
 @pytest.fixture(scope="module")

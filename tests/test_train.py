@@ -23,19 +23,6 @@ from nasframe.train import (
 )
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(autouse=True)
-def vocab_cache(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv("NASFRAME_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
-
-
 @pytest.fixture(scope="module")
 def small_tsv(tmp_path_factory) -> Path:
     """300 real sentence pairs: enough for a 200-piece vocabulary, quick to train on."""
