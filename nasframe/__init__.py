@@ -7,16 +7,22 @@ Everything a user needs is importable from here::
 """
 from __future__ import annotations
 
-from nasframe import (
-    ops,
-    reversible,
-    spaces,  # noqa: E402  (after the DSL: built-in spaces use it)
-)
+from nasframe import ops, reversible, spaces
 from nasframe.architecture import Architecture, derive
 from nasframe.choice import ChoiceNode
+from nasframe.config import SearchConfig
 from nasframe.errors import CheckpointError, ConfigError, DataError, NasframeError, SpaceError
+from nasframe.executor import Executor, SearchResult
 from nasframe.ops import Context, IncrementalState, Operation, Residual, register_op
+from nasframe.search import SearchData, search
 from nasframe.space import OpSet, OpSpec, SearchSpace, Sequential, Stack, op
+from nasframe.strategy import (
+    SearchContext,
+    Strategy,
+    available_strategies,
+    get_strategy,
+    register_strategy,
+)
 from nasframe.supernet import ModelConfig, Supernet, build_model, count_parameters
 
 __version__ = "0.1.0"
@@ -26,4 +32,6 @@ __all__ = [
     "IncrementalState", "ModelConfig", "NasframeError", "OpSet", "OpSpec", "Operation",
     "Residual", "SearchSpace", "Sequential", "SpaceError", "Stack", "Supernet", "build_model",
     "count_parameters", "derive", "op", "ops", "register_op", "reversible", "spaces",
+    "Executor", "SearchConfig", "SearchContext", "SearchData", "SearchResult", "Strategy",
+    "available_strategies", "get_strategy", "register_strategy", "search",
 ]

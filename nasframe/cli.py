@@ -1,0 +1,72 @@
+"""The ``nasframe`` command line.
+
+Subcommands live in the package ``nasframe.commands``: every module there exposes
+``register(subparsers)``, adds its parser(s) and sets ``func`` (``func(args) -> int | None``)
+with ``set_defaults``. This file only discovers them, so adding a command never touches it.
+
+Errors meant for users (``NasframeError``) are printed as ``error: <message>`` without a
+traceback and exit with code 2, the same code argparse uses for a bad flag.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import pkgutil
+import sys
+from collections.abc import Sequence
+from typing import NoReturn
+
+from nasframe.errors import NasframeError
+
+__all__ = ["build_parser", "main"]
+
+EXIT_USAGE = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with the same ``error: ...`` line as NasframeError (and exit code 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from nasframe import __version__, commands
+
+    parser = _Parser(prog="nasframe",
+                     description="Neural architecture search for seq2seq Transformers.")
+    parser.add_argument("--version", action="version", version=f"nasframe {__version__}")
+    sub = parser.add_subparsers(title="commands", dest="command", metavar="COMMAND",
+                                parser_class=_Parser)
+    for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
+        if info.name.startswith("_"):
+            continue
+        module = importlib.import_module(f"{commands.__name__}.{info.name}")
+        register = getattr(module, "register", None)
+        if register is not None:
+            register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``nasframe`` script; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func = getattr(args, "func", None)
+    if func is None:
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    try:
+        code = func(args)
+    except NasframeError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return int(code or 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,246 @@
+"""``nasframe search | strategies | derive | show``: run a search and inspect what it found."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from nasframe.architecture import Architecture
+from nasframe.config import (
+    SearchConfig,
+    apply_overrides,
+    load_config,
+    parse_assignment,
+    preset_names,
+)
+from nasframe.errors import CheckpointError, ConfigError
+
+__all__ = ["register"]
+
+# flag dest -> dotted config key; a flag left out (None) keeps the preset/TOML value.
+_FLAG_KEYS = {
+    "steps": "steps", "seed": "seed", "checkpoint_every": "checkpoint_every",
+    "log_every": "log_every", "keep_checkpoints": "keep_checkpoints", "device": "device",
+    "dtype": "dtype", "data": "data.source", "vocab_size": "data.vocab_size",
+    "max_tokens": "data.max_tokens", "d_model": "model.d_model", "embed_dim": "model.embed_dim",
+    "blocks": "model.blocks", "dropout": "model.dropout", "memory_saving": "model.memory_saving",
+    "lr": "optim.lr", "warmup": "optim.warmup", "alpha_lr": "optim.alpha_lr",
+    "alpha_warmup": "optim.alpha_warmup", "clip_norm": "optim.clip_norm",
+    "second_order": "optim.second_order", "population": "evolution.population",
+    "iterations": "evolution.iterations", "top_k": "evolution.top_k",
+}
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    _register_search(subparsers)
+    p = subparsers.add_parser("strategies", help="list the installed search strategies",
+                              description="List installed strategies (built-in and plugins "
+                              "of the 'nasframe.strategies' entry-point group).")
+    p.set_defaults(func=_strategies)
+    p = subparsers.add_parser("derive", help="derive the architecture of a search checkpoint",
+                              description="Rebuild a search checkpoint, derive its "
+                              "architecture, print it and write it as JSON.")
+    p.add_argument("checkpoint", type=Path, help="runs/x/checkpoint_N.pt")
+    p.add_argument("--out", type=Path, default=None,
+                   help="architecture JSON to write (default: next to the checkpoint, "
+                        "checkpoint_N.arch.json)")
+    p.set_defaults(func=_derive)
+    p = subparsers.add_parser("show", help="print an architecture JSON as a table",
+                              description="Print the chosen op of every choice node, with "
+                              "softmax(alpha) when the file records it.")
+    p.add_argument("arch", type=Path, help="architecture JSON (e.g. runs/x/arch.json)")
+    p.add_argument("--top", type=int, default=3, help="probabilities shown per node (3)")
+    p.set_defaults(func=_show)
+
+
+def _register_search(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "search", help="search an architecture",
+        description="Search a space with a strategy. Settings come from a preset, then a TOML "
+        "file (--config), then these flags; the run directory records the result "
+        "(config.json, space.json, metrics.jsonl, checkpoint_N.pt, arch_stepN.json, arch.json). "
+        "Flags left out keep the preset/TOML value, shown as [paper / small / tiny].")
+    run = p.add_argument_group("run")
+    run.add_argument("--space", default=None,
+                     help="built-in space name or space JSON file (default: the strategy's "
+                          "default space: dartsformer for darts-reversible and spos, "
+                          "darts-transformer for darts)")
+    run.add_argument("--space-option", action="append", default=[], metavar="KEY=VALUE",
+                     help="option of a built-in space, e.g. layers=1 or pool=avg (repeatable)")
+    run.add_argument("--strategy", default=None,
+                     help="registered strategy (see 'nasframe strategies'; default "
+                          "darts-reversible)")
+    run.add_argument("--preset", choices=preset_names(), default=None,
+                     help="settings to start from (default: the TOML's preset, else paper)")
+    run.add_argument("--config", type=Path, default=None, metavar="FILE.toml",
+                     help="TOML settings over the preset ([model], [data], [optim], "
+                          "[evolution] sections)")
+    run.add_argument("--out", type=Path, required=True, help="run directory")
+    run.add_argument("--resume", action="store_true",
+                     help="continue the run in --out from its latest checkpoint (its "
+                          "config.json and space.json; flags given here still override)")
+    run.add_argument("--no-progress", dest="progress", action="store_false",
+                     help="no progress bar")
+    run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                     help="any setting by its dotted name, e.g. optim.fd_eps=0.02 (repeatable)")
+    data = p.add_argument_group("data")
+    data.add_argument("--data", default=None, metavar="SOURCE",
+                      help="'lohelp' (embedded En-De corpus), 'synthetic:copy|reverse|sort', "
+                           "or a TSV file/folder")
+    data.add_argument("--vocab-size", type=int, default=None,
+                      help="sentencepiece vocabulary size (synthetic: number of token ids)")
+    data.add_argument("--max-tokens", type=int, default=None, help="tokens per batch")
+    loop = p.add_argument_group("loop")
+    loop.add_argument("--steps", type=int, default=None, help="updates")
+    loop.add_argument("--checkpoint-every", type=int, default=None, help="updates between "
+                      "checkpoints")
+    loop.add_argument("--log-every", type=int, default=None, help="updates between metrics")
+    loop.add_argument("--keep-checkpoints", type=int, default=None,
+                      help="keep only the newest K checkpoint files")
+    loop.add_argument("--seed", type=int, default=None, help="seed of weights, data order, "
+                      "sampling and evolution")
+    loop.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:N")
+    loop.add_argument("--dtype", choices=["float32", "float64"], default=None,
+                      help="parameter dtype")
+    model = p.add_argument_group("model")
+    model.add_argument("--d-model", type=int, default=None, help="hidden size d")
+    model.add_argument("--embed-dim", type=int, default=None, help="factorised embedding E")
+    model.add_argument("--blocks", type=int, default=None, help="repeats of the searched block")
+    model.add_argument("--dropout", type=float, default=None, help="dropout in every op")
+    model.add_argument("--memory-saving", action=argparse.BooleanOptionalAction, default=None,
+                       help="backprop with reconstruction on reversible spaces")
+    optim = p.add_argument_group("optimisation")
+    optim.add_argument("--lr", type=float, default=None, help="peak lr of the weights")
+    optim.add_argument("--warmup", type=int, default=None, help="inverse-sqrt warmup updates")
+    optim.add_argument("--alpha-lr", type=float, default=None, help="lr of the alphas")
+    optim.add_argument("--alpha-warmup", type=int, default=None,
+                       help="updates before the alphas start training")
+    optim.add_argument("--clip-norm", type=float, default=None, help="max gradient norm of w")
+    optim.add_argument("--second-order", action=argparse.BooleanOptionalAction, default=None,
+                       help="second-order DARTS alpha gradient")
+    evo = p.add_argument_group("evolution (spos)")
+    evo.add_argument("--population", type=int, default=None, help="architectures per "
+                     "generation")
+    evo.add_argument("--iterations", type=int, default=None, help="generations after the "
+                     "random one")
+    evo.add_argument("--top-k", type=int, default=None, help="architectures reported")
+    _add_preset_values(p)
+    p.set_defaults(func=_search)
+
+
+def _add_preset_values(parser: argparse.ArgumentParser) -> None:
+    """Append each setting's value in every preset to its flag's help, so --help is exact."""
+    presets = {name: SearchConfig.preset_config(name).model_dump() for name in preset_names()}
+    for action in parser._actions:
+        key = _FLAG_KEYS.get(action.dest)
+        if key is None or action.help is None:
+            continue
+        values = []
+        for dump in presets.values():
+            node: Any = dump
+            for part in key.split("."):
+                node = node[part]
+            values.append(str(node))
+        action.help += f" [{' / '.join(values)}]"
+
+
+# ----------------------------------------------------------------------------- search
+
+def search_config(args: argparse.Namespace) -> SearchConfig:
+    """Preset < TOML < flags (< --set); on --resume the run's config.json is the base."""
+    recorded = args.out / "config.json"
+    if args.resume and recorded.is_file():
+        cfg = SearchConfig.from_json(recorded.read_text(encoding="utf-8"), where=str(recorded))
+    elif args.config is not None:
+        base = SearchConfig.preset_config(args.preset) if args.preset else None
+        cfg = load_config(args.config, base)
+    else:
+        cfg = SearchConfig.preset_config(args.preset or "paper")
+    overrides: dict[str, Any] = {key: getattr(args, dest) for dest, key in _FLAG_KEYS.items()
+                                 if getattr(args, dest) is not None}
+    if args.strategy is not None:
+        overrides["strategy"] = args.strategy
+    overrides.update(parse_assignment(text) for text in args.set)
+    return apply_overrides(cfg, overrides) if overrides else cfg
+
+
+def _space(args: argparse.Namespace, cfg: SearchConfig) -> Any:
+    from nasframe.search import resolve_space
+    from nasframe.strategy import get_strategy
+
+    recorded = args.out / "space.json"
+    if args.resume and recorded.is_file() and args.space is None:
+        return resolve_space(recorded)
+    options = dict(parse_assignment(o) for o in args.space_option)
+    name = args.space or cfg.space or get_strategy(cfg.strategy).default_space
+    if options and (str(name).endswith(".json") or Path(str(name)).is_file()):
+        raise ConfigError("--space-option applies to built-in spaces, not a space JSON file")
+    return resolve_space(name, **options)
+
+
+def _search(args: argparse.Namespace) -> int:
+    from nasframe.search import search
+
+    cfg = search_config(args)
+    space = _space(args, cfg)
+    if args.space is not None:
+        cfg = apply_overrides(cfg, {"space": str(args.space)})
+    result = search(space, cfg.strategy, config=cfg, out=args.out, resume=args.resume,
+                    progress=args.progress)
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun only rank 0 reports
+        return 0
+    console = Console()
+    console.print(result.architecture.table())
+    for arch, score in result.candidates[1:]:
+        console.print(f"candidate (search-valid loss {score:.4f}): "
+                      + ", ".join(f"{n}={op}" for n, op in arch.choices.items()))
+    console.print(f"run directory: {args.out}  (arch.json, metrics.jsonl, checkpoints)")
+    return 0
+
+
+# ----------------------------------------------------------------------------- the others
+
+def _strategies(args: argparse.Namespace) -> int:
+    from nasframe.strategy import available_strategies, get_strategy
+
+    table = Table(title="installed search strategies")
+    for col in ("name", "backbone", "default space", "description"):
+        table.add_column(col)
+    for name, description in available_strategies().items():
+        try:
+            cls = get_strategy(name)
+            backbone, space = getattr(cls, "backbone", "any"), cls.default_space
+        except ConfigError:
+            backbone = space = "?"
+        table.add_row(name, backbone, space, description)
+    Console(width=160).print(table)
+    return 0
+
+
+def _derive(args: argparse.Namespace) -> int:
+    from nasframe.search import derive_checkpoint
+
+    arch = derive_checkpoint(args.checkpoint)
+    out = args.out or args.checkpoint.with_name(args.checkpoint.stem + ".arch.json")
+    arch.save(out)
+    Console().print(arch.table())
+    print(f"wrote {out}")
+    return 0
+
+
+def _show(args: argparse.Namespace) -> int:
+    if args.top < 1:
+        raise ConfigError(f"--top {args.top}: must be at least 1")
+    try:
+        arch = Architecture.load(args.arch)
+    except json.JSONDecodeError as err:  # pragma: no cover - from_json reports it already
+        raise CheckpointError(f"{args.arch}: {err}") from None
+    Console().print(arch.table(top=args.top))
+    if arch.note:
+        print(arch.note)
+    return 0

@@ -1,0 +1,218 @@
+"""Search configuration: pydantic models, named presets, TOML files, dotted overrides.
+
+Precedence, lowest first: field defaults (the paper's settings, paper.md §5) < preset < TOML
+file < command-line flags. A run directory records the final config as ``config.json``, so a
+resumed or reproduced run never depends on which of these produced it.
+
+Values the paper does not state are marked *(ours)* in the field descriptions.
+"""
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from nasframe.errors import ConfigError
+from nasframe.supernet import ModelConfig
+
+__all__ = [
+    "DataConfig", "OptimConfig", "EvolutionConfig", "SearchConfig", "PRESETS", "preset_names",
+    "load_config", "apply_overrides",
+]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Section):
+    """Where the two search streams come from and how they are batched."""
+
+    source: str = Field("lohelp", description="'lohelp' (embedded corpus), 'synthetic:TASK' "
+                        "(copy|reverse|sort) or a TSV path/folder")
+    vocab_size: int = Field(8000, ge=5, description="sentencepiece vocabulary size; for "
+                            "synthetic data the number of token ids")
+    max_tokens: int = Field(4096, ge=1, description="token budget of a batch, per process")
+    max_len: int = Field(250, ge=1, description="drop real-text pairs with a side longer "
+                         "than this (subword tokens)")
+    split: tuple[float, float] = Field((2.5, 2.0), description="search-train : search-valid "
+                                       "ratio (paper.md §5: 2.5M / 2.0M)")
+    synthetic_pairs: int = Field(9000, ge=2, description="pairs of a synthetic task, both "
+                                 "splits together")
+    synthetic_len: tuple[int, int] = Field((4, 12), description="min and max length of a "
+                                           "synthetic sequence")
+
+
+class OptimConfig(_Section):
+    """The two Adam optimisers of the bilevel search (paper.md §5) and the shared loss."""
+
+    lr: float = Field(7e-4, gt=0, description="peak learning rate of the weights w")
+    warmup: int = Field(4000, ge=1, description="inverse-sqrt schedule warmup updates")
+    betas: tuple[float, float] = (0.9, 0.98)
+    eps: float = Field(1e-9, gt=0)
+    weight_decay: float = Field(0.0, ge=0, description="weight decay of w (ours)")
+    clip_norm: float | None = Field(1.0, description="max gradient norm of w; None: no "
+                                    "clipping (ours)")
+    alpha_lr: float = Field(3e-4, gt=0, description="learning rate of the alphas (fixed)")
+    alpha_betas: tuple[float, float] = (0.5, 0.999)
+    alpha_weight_decay: float = Field(1e-3, ge=0)
+    alpha_warmup: int = Field(0, ge=0, description="updates that train only w before the "
+                              "alphas start moving (ours; 0 as in the paper)")
+    label_smoothing: float = Field(0.1, ge=0, lt=1)
+    second_order: bool = Field(False, description="DARTS second-order alpha gradient "
+                               "(finite-difference Hessian-vector product)")
+    unrolled_lr: float | None = Field(None, gt=0, description="xi of the unrolled step "
+                                      "w' = w - xi grad_w L_train; None: the current lr of w")
+    fd_eps: float = Field(0.01, gt=0, description="finite-difference step, divided by "
+                          "||grad_w' L_val|| as in DARTS")
+
+
+class EvolutionConfig(_Section):
+    """SPOS' evolutionary search over architectures scored with the shared weights."""
+
+    population: int = Field(20, ge=2)
+    parents: int = Field(5, ge=1, description="best architectures so far that breed")
+    iterations: int = Field(10, ge=0, description="generations after the random one")
+    mutation_prob: float = Field(0.1, ge=0, le=1, description="per-node resampling "
+                                 "probability of a mutated child")
+    crossover_rate: float = Field(0.5, ge=0, le=1, description="share of each generation made "
+                                  "by crossover (the rest by mutation)")
+    top_k: int = Field(5, ge=1, description="architectures returned with their scores")
+    eval_batches: int = Field(8, ge=1, description="search-valid batches scoring one "
+                              "architecture")
+    seed: int | None = Field(None, description="None: the search seed")
+
+
+class SearchConfig(_Section):
+    """Everything a search run needs besides the space (recorded as space.json)."""
+
+    preset: str | None = Field(None, description="the preset this config started from")
+    strategy: str = Field("darts-reversible", description="registered strategy name")
+    space: str | None = Field(None, description="built-in space name or JSON file; None: the "
+                              "strategy's default space")
+    steps: int = Field(60000, ge=1, description="updates of the search")
+    checkpoint_every: int = Field(10000, ge=1, description="updates between checkpoints")
+    keep_checkpoints: int | None = Field(None, ge=1, description="keep only the newest k "
+                                         "checkpoint files; None: keep all")
+    log_every: int = Field(100, ge=1, description="updates between metrics lines")
+    seed: int = 1
+    device: str = Field("auto", description="'auto', 'cpu', 'cuda', 'cuda:1', ...")
+    dtype: Literal["float32", "float64"] = "float32"
+    model: ModelConfig = Field(default_factory=lambda: ModelConfig(d_model=960, embed_dim=256))
+    data: DataConfig = Field(default_factory=DataConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    evolution: EvolutionConfig = Field(default_factory=EvolutionConfig)
+
+    def __init__(self, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as err:
+            raise ConfigError(_format(err)) from None
+
+    @classmethod
+    def preset_config(cls, name: str) -> SearchConfig:
+        """``tiny`` (CPU, minutes), ``small``, ``paper`` (paper.md §5)."""
+        if name not in PRESETS:
+            raise ConfigError(f"preset: unknown preset {name!r}; choose one of "
+                              f"{', '.join(preset_names())}")
+        return apply_overrides(cls(), {"preset": name, **_flatten(PRESETS[name])})
+
+    def to_json(self) -> str:
+        return self.model_dump_json(indent=2)
+
+    @classmethod
+    def from_json(cls, text: str, where: str = "config") -> SearchConfig:
+        try:
+            return cls.model_validate_json(text)
+        except ValidationError as err:
+            raise ConfigError(f"{where}: {_format(err)}") from None
+
+
+# The paper preset is the field defaults; the others change only what they name.
+PRESETS: dict[str, dict[str, Any]] = {
+    "paper": {},
+    "small": {  # paper.md Table 5 "small" search size (E, d) = (128, 240)
+        "steps": 10000, "checkpoint_every": 2000, "log_every": 50,
+        "model": {"d_model": 240, "embed_dim": 128},
+        "data": {"max_tokens": 2048},
+        "optim": {"warmup": 1000},
+    },
+    "tiny": {  # CPU in minutes: a smoke test of the whole pipeline, not a real search
+        "steps": 300, "checkpoint_every": 100, "log_every": 10,
+        "model": {"d_model": 48, "embed_dim": 32},
+        "data": {"max_tokens": 512, "vocab_size": 1000, "synthetic_pairs": 2000},
+        "optim": {"warmup": 100, "lr": 2e-3},
+        "evolution": {"population": 8, "parents": 3, "iterations": 3, "eval_batches": 4},
+    },
+}
+
+
+def preset_names() -> list[str]:
+    return list(PRESETS)
+
+
+def load_config(path: str | Path, base: SearchConfig | None = None) -> SearchConfig:
+    """Read a TOML file over ``base`` (or over its own ``preset = "..."``, else the defaults).
+
+    Sections mirror the model: top-level fields, then ``[model]``, ``[data]``, ``[optim]``,
+    ``[evolution]``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such config file")
+    try:
+        table = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{path}: {err}") from None
+    if base is None:
+        preset = table.get("preset")
+        base = SearchConfig.preset_config(preset) if isinstance(preset, str) else SearchConfig()
+    try:
+        return apply_overrides(base, _flatten(table))
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None
+
+
+def apply_overrides(config: SearchConfig, overrides: dict[str, Any]) -> SearchConfig:
+    """A copy of ``config`` with dotted keys replaced (``{"model.d_model": 96}``), validated."""
+    data = config.model_dump()
+    for key, value in overrides.items():
+        node, parts = data, key.split(".")
+        for part in parts[:-1]:
+            if not isinstance(node.get(part), dict):
+                raise ConfigError(f"{key}: unknown setting ({part!r} is not a section)")
+            node = node[part]
+        if parts[-1] not in node:
+            known = ", ".join(sorted(node))
+            raise ConfigError(f"{key}: unknown setting (known here: {known})")
+        node[parts[-1]] = value
+    return SearchConfig(**data)
+
+
+def parse_assignment(text: str) -> tuple[str, Any]:
+    """``"model.d_model=96"`` -> ``("model.d_model", 96)``; the value is read as TOML."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set {text!r}: expected KEY=VALUE, e.g. model.d_model=96")
+    try:
+        value = tomllib.loads(f"v = {raw.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()  # a bare word such as cpu or synthetic:reverse
+    return key.strip(), value
+
+
+def _flatten(table: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in table.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[prefix + key] = value
+    return out
+
+
+def _format(err: ValidationError) -> str:
+    return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'config'}: "
+                     f"{e['msg'].removeprefix('Value error, ')}" for e in err.errors())

@@ -1,0 +1,251 @@
+"""``nf.search``: one call from a space, a strategy, data and a config to a derived architecture.
+
+It resolves names (space, strategy, preset), prepares the two search streams (paper.md §5:
+the training data split 2.5 : 2.0 into search-train for w and search-valid for alpha), builds
+the supernet under a fixed seed and hands everything to the :class:`~nasframe.executor.Executor`.
+"""
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from nasframe import spaces
+from nasframe.architecture import Architecture
+from nasframe.config import SearchConfig, apply_overrides, load_config
+from nasframe.data import (
+    Batch,
+    Pair,
+    TokenBatcher,
+    Vocab,
+    encode_corpus,
+    get_or_train_vocab,
+    load_split,
+    split_search,
+    synthetic_pairs,
+)
+from nasframe.errors import ConfigError, DataError
+from nasframe.executor import Executor, SearchResult, World, load_checkpoint_file
+from nasframe.space import SearchSpace
+from nasframe.strategy import SearchContext, Strategy, get_strategy
+from nasframe.supernet import Supernet
+
+__all__ = ["search", "SearchData", "prepare_data", "resolve_config", "resolve_space",
+           "resolve_device", "derive_checkpoint", "SearchResult"]
+
+_SYNTHETIC = "synthetic:"
+
+
+@dataclass
+class SearchData:
+    """The two search streams, fixed search-valid batches for scoring, and the vocabulary."""
+
+    train: TokenBatcher
+    valid: TokenBatcher
+    scoring: list[Batch]
+    vocab_size: int
+    vocab: Vocab | None = None
+    description: str = ""
+
+    @classmethod
+    def from_pairs(cls, train: Sequence[Pair], valid: Sequence[Pair], vocab_size: int,
+                   config: SearchConfig, world: World | None = None,
+                   description: str = "pairs") -> SearchData:
+        """Batch already-encoded pairs (ids >= 4; 0-3 are pad/unk/bos/eos)."""
+        world = world or World()
+        tokens, seed = config.data.max_tokens, config.seed
+        train_b = TokenBatcher(train, tokens, seed=seed, rank=world.rank,
+                               world_size=world.world_size)
+        valid_b = TokenBatcher(valid, tokens, seed=seed + 1, rank=world.rank,
+                               world_size=world.world_size)
+        # Shuffled with their own seed: an unshuffled pass would start with the shortest
+        # sentences. The same on every rank, so every process ranks architectures alike.
+        scoring_b = TokenBatcher(valid, tokens, seed=seed + 2)
+        n = min(config.evolution.eval_batches, len(scoring_b))
+        scoring = [next(scoring_b) for _ in range(n)]
+        return cls(train_b, valid_b, scoring, vocab_size, None, description)
+
+
+def prepare_data(config: SearchConfig, run_dir: str | Path | None = None,
+                 world: World | None = None) -> SearchData:
+    """``config.data.source``: ``synthetic:TASK``, ``lohelp`` or a TSV corpus (its train split).
+
+    Real text gets a joint sentencepiece vocabulary trained on the training split and cached
+    in ``run_dir/vocab`` (recorded with the run), or in ``$NASFRAME_CACHE`` without a run dir.
+    """
+    world = world or World()
+    dc = config.data
+    if dc.source.startswith(_SYNTHETIC):
+        task = dc.source[len(_SYNTHETIC):]
+        a, b = dc.split
+        n_train = min(max(round(dc.synthetic_pairs * a / (a + b)), 1), dc.synthetic_pairs - 1)
+        lo, hi = dc.synthetic_len
+        train = synthetic_pairs(task, n_train, dc.vocab_size, lo, hi, seed=config.seed)  # type: ignore[arg-type]
+        valid = synthetic_pairs(task, dc.synthetic_pairs - n_train, dc.vocab_size, lo, hi,  # type: ignore[arg-type]
+                                seed=config.seed + 7919)
+        return SearchData.from_pairs(train, valid, dc.vocab_size, config, world,
+                                     f"synthetic {task}: {len(train)} + {len(valid)} pairs")
+    corpus = load_split(dc.source, "train")
+    search_train, search_valid = split_search(corpus, dc.split, seed=config.seed)
+    cache = Path(run_dir) / "vocab" if run_dir is not None else \
+        Path(os.environ.get("NASFRAME_CACHE", "~/.cache/nasframe")).expanduser() / "vocab"
+    if not world.main:
+        world.barrier()  # rank 0 trains the vocabulary once; the others load it
+    vocab = get_or_train_vocab(corpus, cache, dc.vocab_size)
+    if world.main:
+        world.barrier()
+    train, dropped_t = encode_corpus(search_train, vocab, dc.max_len)
+    valid, dropped_v = encode_corpus(search_valid, vocab, dc.max_len)
+    if not train or not valid:
+        raise DataError(f"{dc.source}: no pairs left after dropping those over "
+                        f"data.max_len={dc.max_len} tokens")
+    data = SearchData.from_pairs(
+        train, valid, len(vocab), config, world,
+        f"{corpus.name}: {len(train)} + {len(valid)} pairs ({dropped_t + dropped_v} dropped "
+        f"over {dc.max_len} tokens), vocab {len(vocab)}")
+    data.vocab = vocab
+    return data
+
+
+# ----------------------------------------------------------------------------- resolving
+
+def resolve_config(config: SearchConfig | str | Path | dict[str, Any] | None) -> SearchConfig:
+    """A SearchConfig, a preset name, a TOML file, or dotted overrides of the paper defaults."""
+    if config is None:
+        return SearchConfig()
+    if isinstance(config, SearchConfig):
+        return config
+    if isinstance(config, dict):
+        return apply_overrides(SearchConfig(), config)
+    text = str(config)
+    if text.endswith(".toml") or Path(text).is_file():
+        return load_config(text)
+    return SearchConfig.preset_config(text)
+
+
+def resolve_space(space: SearchSpace | str | Path, **options: Any) -> SearchSpace:
+    """A space object, a built-in name (``nf.spaces.get``) or a JSON file."""
+    if isinstance(space, SearchSpace):
+        return space
+    text = str(space)
+    if text.endswith(".json") or Path(text).is_file():
+        if not Path(text).is_file():
+            raise ConfigError(f"space: {text}: no such file")
+        return SearchSpace.from_json(Path(text))
+    return spaces.get(text, **options)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"device: {name!r} is not a device (cpu, cuda, cuda:1, auto)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device: {name!r} requested but CUDA is not available")
+    return device
+
+
+def _strategy(strategy: str | type | Strategy | None, config: SearchConfig) -> Strategy:
+    if strategy is None or isinstance(strategy, str):
+        return get_strategy(strategy or config.strategy)()
+    strat = strategy() if isinstance(strategy, type) else strategy
+    if not getattr(strat, "name", None):  # an unregistered class: name it after itself
+        strat.name = type(strat).__name__.lower()  # type: ignore[misc]
+    return strat
+
+
+def _seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def build_supernet(space: SearchSpace, config: SearchConfig, vocab_size: int,
+                   device: torch.device | None = None) -> Supernet:
+    """The supernet under ``config.seed``, in ``config.dtype`` on ``device``."""
+    torch.manual_seed(config.seed)
+    net = Supernet(space, config.model, vocab_size)
+    return net.to(device=device or torch.device("cpu"), dtype=getattr(torch, config.dtype))
+
+
+# ----------------------------------------------------------------------------- the API
+
+def search(space: SearchSpace | str | None = None,
+           strategy: str | type | Strategy | None = None,
+           data: str | SearchData | None = None,
+           config: SearchConfig | str | Path | dict[str, Any] | None = None, *,
+           out: str | Path | None = None, resume: bool = False, progress: bool = False,
+           steps: int | None = None) -> SearchResult:
+    """Search ``space`` with ``strategy`` and return the derived architecture and metrics.
+
+    ``space``: SearchSpace, built-in name or JSON file (default: the strategy's default space).
+    ``strategy``: registered name, class or instance (default: ``config.strategy``).
+    ``data``: ``"synthetic:reverse"``, ``"lohelp"``, a TSV path, or a ``SearchData``
+    (default: ``config.data.source``). ``config``: SearchConfig, preset name, TOML file or
+    dotted overrides. ``out``: run directory (None: write nothing). ``resume``: continue the
+    run in ``out`` from its latest checkpoint.
+    """
+    cfg = resolve_config(config)
+    strat = _strategy(strategy, cfg)
+    updates: dict[str, Any] = {"strategy": strat.name}
+    if steps is not None:
+        updates["steps"] = steps
+    if isinstance(data, str):
+        updates["data.source"] = data
+    space_obj = resolve_space(space if space is not None else cfg.space or strat.default_space)
+    if isinstance(space, str):
+        updates["space"] = space
+    cfg = apply_overrides(cfg, updates)
+
+    device = resolve_device(cfg.device)
+    world = World.from_env(device)
+    if device.type == "cuda" and world.world_size > 1:
+        device = torch.device("cuda", world.local_rank)
+    search_data = data if isinstance(data, SearchData) else prepare_data(cfg, out, world)
+    _seed_all(cfg.seed)
+    net = build_supernet(space_obj, cfg, search_data.vocab_size, device)
+    if world.world_size > 1:  # same weights everywhere (broadcast), different dropout
+        torch.manual_seed(cfg.seed + world.rank)
+    executor = Executor(net, strat, search_data.train, search_data.valid, cfg, out,
+                        valid_scoring=search_data.scoring, device=device, world=world,
+                        progress=progress, run_info={"data": search_data.description})
+    return executor.run(resume=resume)
+
+
+def derive_checkpoint(path: str | Path) -> Architecture:
+    """Rebuild the supernet and strategy of a checkpoint and derive its architecture.
+
+    Search-valid batches are prepared only if the strategy asks for them (SPOS without a
+    stored evolution result), from the run directory that holds the checkpoint.
+    """
+    path = Path(path)
+    ckpt = load_checkpoint_file(path)
+    cfg = SearchConfig.from_json(ckpt["config"], where=f"{path}: config")
+    space = SearchSpace.from_json(ckpt["space"])
+    net = build_supernet(space, cfg, int(ckpt["vocab_size"]))
+    strat = get_strategy(ckpt["strategy_name"])()
+    ctx = SearchContext(net, cfg, valid_batches=_lazy_scoring(cfg, path.parent))
+    strat.setup(ctx)
+    net.load_state_dict(ckpt["model"])
+    strat.load_state_dict(ckpt["strategy"])
+    ctx.step = int(ckpt["step"])
+    return strat.derive()
+
+
+def _lazy_scoring(cfg: SearchConfig, run_dir: Path) -> Callable[[], list[Batch]]:
+    cache: list[list[Batch]] = []
+
+    def batches() -> list[Batch]:
+        if not cache:
+            cache.append(prepare_data(cfg, run_dir).scoring)
+        return cache[0]
+
+    return batches

@@ -1,0 +1,60 @@
+"""What every built-in strategy shares: the optimiser of the weights w and gradient plumbing."""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor, nn
+from torch.optim import Adam
+from torch.optim.lr_scheduler import LambdaLR
+
+from nasframe.config import OptimConfig
+
+
+def inverse_sqrt(warmup: int) -> Callable[[int], float]:
+    """Factor of the peak lr at update ``k + 1``: linear warmup, then 1/sqrt decay (paper.md §5).
+
+    ``k`` is the scheduler's count of finished updates, so the first update uses 1/warmup of
+    the peak rather than zero.
+    """
+
+    def factor(k: int) -> float:
+        step = k + 1
+        return min(step / warmup, math.sqrt(warmup / step))
+
+    return factor
+
+
+def weight_optimizer(params: Sequence[nn.Parameter], cfg: OptimConfig) -> tuple[Adam, LambdaLR]:
+    """Adam for w with betas (0.9, 0.98) and the inverse-sqrt warmup schedule (paper.md §5)."""
+    opt = Adam(params, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay)
+    return opt, LambdaLR(opt, inverse_sqrt(cfg.warmup))
+
+
+def alpha_optimizer(params: Sequence[nn.Parameter], cfg: OptimConfig) -> Adam:
+    """Adam for the alphas: fixed lr 3e-4, betas (0.5, 0.999), weight decay 1e-3 (as DARTS)."""
+    return Adam(params, lr=cfg.alpha_lr, betas=cfg.alpha_betas,
+                weight_decay=cfg.alpha_weight_decay)
+
+
+def gradients(loss: Tensor, params: Sequence[Tensor]) -> list[Tensor | None]:
+    """d loss / d params; None for a parameter the loss does not reach (an unsampled path),
+    so that Adam leaves it and its moments untouched."""
+    return list(torch.autograd.grad(loss, params, allow_unused=True))
+
+
+def assign_grads(params: Sequence[Tensor], grads: Sequence[Tensor | None]) -> None:
+    for p, g in zip(params, grads):
+        p.grad = g
+
+
+def clip(params: Sequence[Tensor], max_norm: float | None) -> float:
+    """Clip the gradient norm of ``params``; returns the norm before clipping."""
+    with_grad = [p for p in params if p.grad is not None]
+    if not with_grad:
+        return 0.0
+    if max_norm is None:
+        return float(torch.linalg.vector_norm(torch.stack(
+            [torch.linalg.vector_norm(p.grad) for p in with_grad])))
+    return float(nn.utils.clip_grad_norm_(with_grad, max_norm))
