@@ -10,6 +10,7 @@ from rich.table import Table
 from torch import Tensor
 
 from nasframe.errors import SpaceError
+from nasframe.runtime import atomic_write_text
 from nasframe.space import SearchSpace
 
 __all__ = ["Architecture", "derive"]
@@ -59,12 +60,8 @@ class Architecture(BaseModel):
                 for e in err.errors())) from None
 
     def save(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(self.to_json(), encoding="utf-8")
-        tmp.replace(path)
-        return path
+        atomic_write_text(self.to_json(), path)
+        return Path(path)
 
     @classmethod
     def load(cls, path: str | Path) -> Architecture:

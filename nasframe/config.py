@@ -144,9 +144,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "model": {"d_model": 48, "embed_dim": 32},
         "data": {"max_tokens": 512, "vocab_size": 1000, "synthetic_pairs": 2000},
         # (ours) 300 updates at the paper's alpha lr 3e-4 move an alpha by at most ~0.09,
-        # leaving softmax(alpha) uniform: the tiny budget needs a larger alpha step, and a
-        # short w-only warmup so alphas do not just reward the untrained, parameter-free ops.
-        "optim": {"warmup": 100, "lr": 2e-3, "alpha_lr": 1e-2, "alpha_warmup": 50},
+        # leaving softmax(alpha) uniform: the tiny budget needs a larger alpha step.
+        "optim": {"warmup": 100, "lr": 2e-3, "alpha_lr": 1e-2},
         "evolution": {"population": 8, "parents": 3, "iterations": 3, "eval_batches": 4},
     },
 }

@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import random
 import re
 import time
 from collections.abc import Iterable
@@ -30,22 +29,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
+from rich.progress import MofNCompleteColumn, Progress, TextColumn
 from torch import Tensor
 
 from nasframe.architecture import Architecture
 from nasframe.errors import CheckpointError, ConfigError
+from nasframe.runtime import atomic_save, atomic_write_text, progress_bar, rng_state, set_rng_state
 from nasframe.space import Sequential
 from nasframe.strategy import SearchContext, Strategy
 
@@ -153,39 +145,6 @@ def alpha_entropy(supernet: Supernet) -> float | None:
     return float(torch.stack(ent).mean())
 
 
-def _rng_state(device: torch.device) -> dict[str, Any]:
-    np_state = np.random.get_state()
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
-        # numpy's key array as a tensor: checkpoints load with torch.load(weights_only=True).
-        "numpy": (np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]),
-        "python": random.getstate(),
-    }
-
-
-def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
-    torch.set_rng_state(state["torch"])
-    if state.get("cuda") is not None and device.type == "cuda":
-        torch.cuda.set_rng_state(state["cuda"], device)
-    name, key, *rest = state["numpy"]
-    np.random.set_state((name, key.numpy().astype(np.uint32), *rest))
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-
-
-def _atomic_save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def _atomic_text(text: str, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def find_checkpoint(run_dir: Path) -> Path | None:
     """The checkpoint with the highest update number in ``run_dir``."""
     found = [(int(m.group(1)), p) for p in run_dir.glob("checkpoint_*.pt")
@@ -264,12 +223,12 @@ class Executor:
                                       "(--resume) or choose another output directory")
             self.out.mkdir(parents=True, exist_ok=True)
             (self.out / "metrics.jsonl").write_text("", encoding="utf-8")
-            _atomic_text(self.config.to_json(), self.out / "config.json")
-            _atomic_text(self.net.space.to_json(), self.out / "space.json")
+            atomic_write_text(self.config.to_json(), self.out / "config.json")
+            atomic_write_text(self.net.space.to_json(), self.out / "space.json")
             info = {"strategy": self.strategy.name, "space": self.net.space.name,
                     "space_digest": self.net.space.digest(), "vocab_size": self.net.vocab_size,
                     "world_size": self.world.world_size, **self.run_info}
-            _atomic_text(json.dumps(info, indent=2), self.out / "run.json")
+            atomic_write_text(json.dumps(info, indent=2), self.out / "run.json")
         self.world.barrier()
         return 0
 
@@ -291,14 +250,14 @@ class Executor:
         self.train.load_state_dict(ckpt["data"]["train"])
         self.valid.load_state_dict(ckpt["data"]["valid"])
         rngs = ckpt["rng"]
-        _set_rng_state(rngs[self.world.rank] if self.world.rank < len(rngs) else rngs[0],
-                       self.device)
+        set_rng_state(rngs[self.world.rank] if self.world.rank < len(rngs) else rngs[0],
+                      self.device)
         self.history = list(ckpt.get("history", []))
         if self.world.main:  # drop lines logged after the checkpoint by the killed run
             assert self.out is not None
-            _atomic_text("".join(json.dumps(h) + "\n" for h in self.history),
-                         self.out / "metrics.jsonl")
-            _atomic_text(self.config.to_json(), self.out / "config.json")  # e.g. more steps
+            atomic_write_text("".join(json.dumps(h) + "\n" for h in self.history),
+                              self.out / "metrics.jsonl")
+            atomic_write_text(self.config.to_json(), self.out / "config.json")  # e.g. more steps
         self.world.barrier()
         return step
 
@@ -335,11 +294,9 @@ class Executor:
         self._console = Console(stderr=True)
         shown = self.progress and self.world.main
         self._plain_log = shown and not self._console.is_terminal
-        return Progress(
-            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("{task.fields[stats]}"), TimeElapsedColumn(), TextColumn("ETA"),
-            TimeRemainingColumn(), console=self._console,
-            disable=not shown or self._plain_log)
+        return progress_bar(self._console, MofNCompleteColumn(),
+                            TextColumn("{task.fields[stats]}"),
+                            disable=not shown or self._plain_log)
 
     def _log(self, step: int, means: dict[str, float], tokens_per_s: float) -> dict[str, Any]:
         line: dict[str, Any] = {"step": step, **means, "tokens_per_s": tokens_per_s}
@@ -358,7 +315,7 @@ class Executor:
         if self.out is None:
             return
         arch = self.strategy.derive()  # first: it may cache what the checkpoint should hold
-        rngs = self.world.gather(_rng_state(self.device))
+        rngs = self.world.gather(rng_state(self.device))
         if self.world.main:
             ckpt = {
                 "format": CHECKPOINT_FORMAT, "step": step,
@@ -370,7 +327,7 @@ class Executor:
                 "data": {"train": self.train.state_dict(), "valid": self.valid.state_dict()},
                 "history": self.history,
             }
-            _atomic_save(ckpt, self.out / f"checkpoint_{step}.pt")
+            atomic_save(ckpt, self.out / f"checkpoint_{step}.pt")
             arch.save(self.out / f"arch_step{step}.json")
             arch.save(self.out / "arch.json")
             self._prune_checkpoints()
@@ -399,7 +356,7 @@ class Executor:
             summary = {"steps": self.ctx.step, "metrics": metrics,
                        "architecture": json.loads(arch.to_json()),
                        "candidates": [{"choices": a.choices, "score": s} for a, s in candidates]}
-            _atomic_text(json.dumps(summary, indent=2), self.out / "result.json")
+            atomic_write_text(json.dumps(summary, indent=2), self.out / "result.json")
         return result
 
 

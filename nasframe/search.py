@@ -7,13 +7,11 @@ the supernet under a fixed seed and hands everything to the :class:`~nasframe.ex
 from __future__ import annotations
 
 import os
-import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from nasframe import spaces
@@ -32,6 +30,7 @@ from nasframe.data import (
 )
 from nasframe.errors import ConfigError, DataError
 from nasframe.executor import Executor, SearchResult, World, load_checkpoint_file
+from nasframe.runtime import resolve_device, seed_everything
 from nasframe.space import SearchSpace
 from nasframe.strategy import SearchContext, Strategy, get_strategy
 from nasframe.supernet import Supernet
@@ -141,18 +140,6 @@ def resolve_space(space: SearchSpace | str | Path, **options: Any) -> SearchSpac
     return spaces.get(text, **options)
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"device: {name!r} is not a device (cpu, cuda, cuda:1, auto)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device: {name!r} requested but CUDA is not available")
-    return device
-
-
 def _strategy(strategy: str | type | Strategy | None, config: SearchConfig) -> Strategy:
     if strategy is None or isinstance(strategy, str):
         return get_strategy(strategy or config.strategy)()
@@ -160,12 +147,6 @@ def _strategy(strategy: str | type | Strategy | None, config: SearchConfig) -> S
     if not getattr(strat, "name", None):  # an unregistered class: name it after itself
         strat.name = type(strat).__name__.lower()  # type: ignore[misc]
     return strat
-
-
-def _seed_all(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 def build_supernet(space: SearchSpace, config: SearchConfig, vocab_size: int,
@@ -210,7 +191,7 @@ def search(space: SearchSpace | str | None = None,
     if device.type == "cuda" and world.world_size > 1:
         device = torch.device("cuda", world.local_rank)
     search_data = data if isinstance(data, SearchData) else prepare_data(cfg, out, world)
-    _seed_all(cfg.seed)
+    seed_everything(cfg.seed)
     net = build_supernet(space_obj, cfg, search_data.vocab_size, device)
     if world.world_size > 1:  # same weights everywhere (broadcast), different dropout
         torch.manual_seed(cfg.seed + world.rank)

@@ -19,10 +19,10 @@ from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, runtime_checkable
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from nasframe.errors import ConfigError
+from nasframe.runtime import label_smoothed_loss
 
 if TYPE_CHECKING:
     from nasframe.architecture import Architecture
@@ -69,9 +69,9 @@ class Strategy(Protocol):
 
 def seq2seq_loss(model: Supernet, batch: Batch, label_smoothing: float = 0.1) -> Tensor:
     """Label-smoothed cross entropy per non-pad target token (paper.md §1, epsilon = 0.1)."""
-    logits = model(batch.src, batch.tgt_in)
-    return F.cross_entropy(logits.reshape(-1, logits.size(-1)), batch.tgt_out.reshape(-1),
-                           ignore_index=batch.pad_id, label_smoothing=label_smoothing)
+    loss, _, n_tokens = label_smoothed_loss(model(batch.src, batch.tgt_in), batch.tgt_out,
+                                            label_smoothing, batch.pad_id)
+    return loss / n_tokens
 
 
 @dataclass

@@ -22,25 +22,16 @@ import json
 import math
 import os
 import pickle
-import random
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self
 
-import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    Progress,
-    TaskProgressColumn,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
+from rich.progress import TaskProgressColumn, TextColumn
 from torch import Tensor
 
 from nasframe.architecture import Architecture
@@ -59,6 +50,17 @@ from nasframe.data import (
 )
 from nasframe.data.corpus import EMBEDDED_NAME
 from nasframe.errors import CheckpointError, ConfigError, DataError
+from nasframe.runtime import (
+    atomic_save,
+    atomic_write_text,
+    inverse_sqrt,
+    label_smoothed_loss,
+    progress_bar,
+    resolve_device,
+    rng_state,
+    seed_everything,
+    set_rng_state,
+)
 from nasframe.supernet import ModelConfig, Supernet, build_model, count_parameters
 
 __all__ = [
@@ -70,8 +72,6 @@ __all__ = [
     "Trainer",
     "average_checkpoints",
     "cache_dir",
-    "inverse_sqrt",
-    "label_smoothed_loss",
     "load_data",
     "load_run",
     "train",
@@ -159,18 +159,6 @@ def cache_dir() -> Path:
     return Path(root) / "vocab"
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as err:
-        raise ConfigError(f"device {name!r}: {err}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {name!r}: CUDA is not available here (use cpu or auto)")
-    return device
-
-
 # ----------------------------------------------------------------------------- data
 
 class DataSpec(BaseModel):
@@ -231,42 +219,6 @@ def load_data(spec: DataSpec, seed: int = 0) -> tuple[ParallelCorpus, ParallelCo
 
 # ----------------------------------------------------------------------------- pieces
 
-def label_smoothed_loss(logits: Tensor, target: Tensor, smoothing: float, pad_id: int = 0
-                        ) -> tuple[Tensor, Tensor, int]:
-    """Summed label-smoothed cross entropy and summed NLL over non-pad targets, and their count.
-
-    The smoothed target puts ``1 - smoothing`` on the reference and spreads ``smoothing``
-    uniformly over the vocabulary (Szegedy et al. 2016); pad positions count for nothing.
-    """
-    lprobs = torch.log_softmax(logits.float(), dim=-1).view(-1, logits.size(-1))
-    target = target.reshape(-1)
-    keep = target.ne(pad_id)
-    nll = -lprobs.gather(1, target.unsqueeze(1)).squeeze(1)
-    uniform = -lprobs.mean(dim=-1)
-    loss = (1.0 - smoothing) * nll + smoothing * uniform
-    return loss[keep].sum(), nll[keep].sum(), int(keep.sum())
-
-
-def inverse_sqrt(warmup: int) -> Any:
-    """LR multiplier: linear warmup to 1 at ``warmup``, then ``sqrt(warmup / step)``."""
-    def factor(step: int) -> float:
-        step = max(step, 1)
-        return min(step / warmup, math.sqrt(warmup / step))
-    return factor
-
-
-def atomic_save(obj: Any, path: Path) -> None:
-    """torch.save via a temporary file and os.replace: a kill never leaves half a checkpoint."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def load_checkpoint(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint")
@@ -293,39 +245,15 @@ def average_checkpoints(paths: Sequence[Path]) -> dict[str, Tensor]:
             else first[k] for k, v in total.items()}
 
 
-def rng_state() -> dict[str, Any]:
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
-    }
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    if state.get("cuda") is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
 class TrainingBar:
     """A rich progress bar over the training budget (steps or minutes, whichever ends first)
     showing the step, the loss and tokens/s; disabled, it does nothing."""
 
     def __init__(self, console: Console, description: str, enabled: bool = True) -> None:
-        self.progress = Progress(
-            TextColumn("[bold]{task.description}"), BarColumn(), TaskProgressColumn(),
-            TextColumn("step {task.fields[step]:,}"), TextColumn("loss {task.fields[loss]}"),
-            TextColumn("{task.fields[speed]} tok/s"), TimeElapsedColumn(), TextColumn("ETA"),
-            TimeRemainingColumn(), console=console, disable=not enabled)
+        self.progress = progress_bar(
+            console, TaskProgressColumn(), TextColumn("step {task.fields[step]:,}"),
+            TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[speed]} tok/s"),
+            disable=not enabled)
         self.task = self.progress.add_task(description, total=1.0, step=0, loss="-", speed="-")
 
     def __enter__(self) -> Self:
@@ -404,7 +332,7 @@ class Trainer:
             "step": self.step, "elapsed": self.elapsed, "best_valid": self.best_valid,
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(), "batcher": self.batcher.state_dict(),
-            "rng": rng_state(),
+            "rng": rng_state(self.device),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -412,7 +340,7 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.batcher.load_state_dict(state["batcher"])
-        set_rng_state(state["rng"])
+        set_rng_state(state["rng"], self.device)
         self.step, self.elapsed = int(state["step"]), float(state["elapsed"])
         self.best_valid = state["best_valid"]
 
@@ -433,13 +361,13 @@ class Trainer:
         loss, nll, n = label_smoothed_loss(logits, batch.tgt_out, self.config.label_smoothing,
                                            self.pad_id)
         self.optimizer.zero_grad(set_to_none=True)
-        (loss / max(n, 1)).backward()
+        per_token = max(int(n), 1)
+        (loss / per_token).backward()
         norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(),
                                               self.config.clip_norm or math.inf)
         self.optimizer.step()
         self.scheduler.step()
         self.step += 1
-        per_token = max(n, 1)
         return {"loss": float(loss.detach()) / per_token, "nll": float(nll.detach()) / per_token,
                 "tokens": float(n), "grad_norm": float(norm)}
 
@@ -455,7 +383,7 @@ class Trainer:
             logits = self.model(batch.src, batch.tgt_in)
             loss, nll, n = label_smoothed_loss(logits, batch.tgt_out,
                                                self.config.label_smoothing, self.pad_id)
-            loss_sum, nll_sum, count = loss_sum + float(loss), nll_sum + float(nll), count + n
+            loss_sum, nll_sum, count = loss_sum + float(loss), nll_sum + float(nll), count + int(n)
         return {"valid_loss": loss_sum / max(count, 1), "valid_nll": nll_sum / max(count, 1)}
 
     def _validate_and_keep_best(self) -> dict[str, float]:
@@ -551,12 +479,6 @@ def _truncate_metrics(run_dir: Path, step: int) -> None:
     path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
 
 
-def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def _encode(corpus: ParallelCorpus, vocab: Vocab, max_len: int, what: str,
             console: Console) -> tuple[list[Pair], int]:
     pairs, dropped = encode_corpus(corpus, vocab, max_len)
@@ -601,8 +523,9 @@ def train(arch: Architecture | None, out: str | Path, config: TrainConfig | None
         run_dir.mkdir(parents=True, exist_ok=True)
         arch.save(run_dir / ARCH)
         (run_dir / METRICS).unlink(missing_ok=True)
-    _write_json(run_dir / CONFIG, {"train": config.model_dump(mode="json"),
-                                   "data": data.model_dump(mode="json")})
+    atomic_write_text(json.dumps({"train": config.model_dump(mode="json"),
+                                  "data": data.model_dump(mode="json")}, indent=2) + "\n",
+                      run_dir / CONFIG)
     trainer = Trainer(run_dir, config, arch, len(vocab), train_pairs, valid_pairs, console,
                       progress)
     if resume:

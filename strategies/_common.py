@@ -1,8 +1,7 @@
 """What every built-in strategy shares: the optimiser of the weights w and gradient plumbing."""
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -10,20 +9,7 @@ from torch.optim import Adam
 from torch.optim.lr_scheduler import LambdaLR
 
 from nasframe.config import OptimConfig
-
-
-def inverse_sqrt(warmup: int) -> Callable[[int], float]:
-    """Factor of the peak lr at update ``k + 1``: linear warmup, then 1/sqrt decay (paper.md §5).
-
-    ``k`` is the scheduler's count of finished updates, so the first update uses 1/warmup of
-    the peak rather than zero.
-    """
-
-    def factor(k: int) -> float:
-        step = k + 1
-        return min(step / warmup, math.sqrt(warmup / step))
-
-    return factor
+from nasframe.runtime import inverse_sqrt
 
 
 def weight_optimizer(params: Sequence[nn.Parameter], cfg: OptimConfig) -> tuple[Adam, LambdaLR]:

@@ -11,12 +11,11 @@ import torch.nn.functional as F
 import nasframe as nf
 from nasframe.cli import main
 from nasframe.data import ParallelCorpus, load_split, write_tsv
+from nasframe.runtime import inverse_sqrt, label_smoothed_loss
 from nasframe.train import (
     DataSpec,
     TrainConfig,
     average_checkpoints,
-    inverse_sqrt,
-    label_smoothed_loss,
     load_data,
     load_run,
     train,
@@ -63,12 +62,25 @@ def test_label_smoothed_loss_matches_torch_and_ignores_padding():
     assert float(nll) == pytest.approx(float(ref_nll), rel=1e-6)
 
 
+def test_label_smoothed_loss_keeps_float64_and_raises_half_precision():
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randn(3, 4, 9, generator=g, dtype=torch.float64)
+    target = torch.randint(1, 9, (3, 4), generator=g)
+    target[2, 1:] = 0
+    loss, nll, n = label_smoothed_loss(logits, target, 0.1)
+    assert loss.dtype == nll.dtype == torch.float64 and int(n) == 9
+    ref = F.cross_entropy(logits.view(-1, 9), target.view(-1), ignore_index=0,
+                          label_smoothing=0.1)
+    assert abs(float(loss / n) - float(ref)) < 1e-12
+    assert label_smoothed_loss(logits.bfloat16(), target, 0.1)[0].dtype == torch.float32
+
+
 def test_inverse_sqrt_schedule():
-    f = inverse_sqrt(100)
-    assert f(1) == pytest.approx(0.01)
-    assert f(50) == pytest.approx(0.5)
-    assert f(100) == pytest.approx(1.0)
-    assert f(400) == pytest.approx(0.5)
+    f = inverse_sqrt(100)  # f(k): the factor of update k + 1 (k updates done, as LambdaLR)
+    assert f(0) == pytest.approx(0.01)
+    assert f(49) == pytest.approx(0.5)
+    assert f(99) == pytest.approx(1.0)
+    assert f(399) == pytest.approx(0.5)
 
 
 def test_averaging_averages(tmp_path):

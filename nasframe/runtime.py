@@ -1,0 +1,170 @@
+"""What the search executor and re-training share: devices, RNG state, atomic files, the lr
+schedule, the loss and the progress bar.
+
+Only ``nasframe.errors`` is imported from the package, so any module may use this one without
+an import cycle.
+"""
+from __future__ import annotations
+
+import math
+import os
+import random
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    Progress,
+    ProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from torch import Tensor
+
+from nasframe.errors import ConfigError
+
+__all__ = [
+    "atomic_save",
+    "atomic_write_text",
+    "inverse_sqrt",
+    "label_smoothed_loss",
+    "progress_bar",
+    "resolve_device",
+    "rng_state",
+    "seed_everything",
+    "set_rng_state",
+]
+
+
+# ----------------------------------------------------------------------------- devices
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` (CUDA if available, else CPU) or a torch device name, checked to be usable."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"device: {name!r} is not a device (use cpu, cuda, cuda:1 or auto)"
+                          ) from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device: {name!r} requested but CUDA is not available here "
+                          "(use cpu or auto)")
+    return device
+
+
+# ----------------------------------------------------------------------------- random state
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, numpy's and torch's global generators (numpy takes ``seed mod 2**32``)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_state(device: torch.device) -> dict[str, Any]:
+    """Every global generator a run draws from (CPU, ``device``'s CUDA, Python, numpy), as
+    data that ``torch.load(weights_only=True)`` accepts."""
+    np_state = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+        # numpy's key array as a tensor: checkpoints load with torch.load(weights_only=True).
+        "numpy": (np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]),
+        "python": random.getstate(),
+    }
+
+
+def set_rng_state(state: dict[str, Any], device: torch.device) -> None:
+    """Restore what ``rng_state`` returned (the CUDA state only when ``device`` is CUDA)."""
+    torch.set_rng_state(state["torch"])
+    cuda = state.get("cuda")
+    if cuda is not None and device.type == "cuda":
+        if isinstance(cuda, list | tuple):  # older training checkpoints: every device's state
+            torch.cuda.set_rng_state_all(cuda)
+        else:
+            torch.cuda.set_rng_state(cuda, device)
+    name, key, *rest = state["numpy"]
+    key = key.numpy() if isinstance(key, Tensor) else key  # older checkpoints: numpy array
+    np.random.set_state((name, np.asarray(key).astype(np.uint32), *rest))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+
+
+# ----------------------------------------------------------------------------- atomic files
+
+def _atomic(path: Path, write: Callable[[Path], object]) -> None:
+    """``write`` a temporary file beside ``path``, then os.replace it: a kill never leaves half
+    a file. The temporary name is unique per process and removed if writing fails."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def atomic_save(obj: Any, path: str | Path) -> None:
+    """``torch.save(obj, path)``, atomically."""
+    _atomic(Path(path), lambda tmp: torch.save(obj, tmp))
+
+
+def atomic_write_text(text: str, path: str | Path) -> None:
+    """``path.write_text(text)`` in UTF-8, atomically."""
+    _atomic(Path(path), lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+# ----------------------------------------------------------------------------- optimisation
+
+def inverse_sqrt(warmup: int) -> Callable[[int], float]:
+    """Factor of the peak lr at update ``k + 1``: linear warmup, then 1/sqrt decay (paper.md §5).
+
+    ``k`` is the scheduler's count of finished updates (``LambdaLR``), so the first update
+    uses 1/warmup of the peak rather than zero, update ``warmup`` the peak, and update ``s``
+    after it ``sqrt(warmup / s)`` of the peak.
+    """
+
+    def factor(k: int) -> float:
+        step = k + 1
+        return min(step / warmup, math.sqrt(warmup / step))
+
+    return factor
+
+
+def label_smoothed_loss(logits: Tensor, target: Tensor, smoothing: float, pad_id: int = 0
+                        ) -> tuple[Tensor, Tensor, Tensor]:
+    """Summed label-smoothed cross entropy and summed NLL over non-pad targets, and their
+    count (a 0-d integer tensor: nothing here waits for the device).
+
+    The smoothed target puts ``1 - smoothing`` on the reference and spreads ``smoothing``
+    uniformly over the vocabulary (Szegedy et al. 2016), as ``F.cross_entropy``'s
+    ``label_smoothing``; pad positions count for nothing. The loss is computed in the logits'
+    dtype (float64 stays float64); float16 and bfloat16 are raised to float32 first.
+    """
+    if logits.dtype in (torch.float16, torch.bfloat16):
+        logits = logits.float()
+    lprobs = torch.log_softmax(logits, dim=-1).reshape(-1, logits.size(-1))
+    target = target.reshape(-1)
+    keep = target.ne(pad_id)
+    nll = -lprobs.gather(1, target.unsqueeze(1)).squeeze(1)
+    uniform = -lprobs.mean(dim=-1)
+    loss = (1.0 - smoothing) * nll + smoothing * uniform
+    return (loss.masked_fill(~keep, 0.0).sum(), nll.masked_fill(~keep, 0.0).sum(),
+            keep.sum())
+
+
+# ----------------------------------------------------------------------------- progress
+
+def progress_bar(console: Console, *columns: ProgressColumn | str,
+                 disable: bool = False) -> Progress:
+    """A rich bar: the task's name and bar, ``columns``, then elapsed time and ETA."""
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), *columns,
+                    TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+                    console=console, disable=disable)
