@@ -404,15 +404,15 @@ class SearchSpace(_Model):
     @classmethod
     def from_json(cls, source: str | Path) -> SearchSpace:
         """Parse a JSON string, or read it from a file path."""
-        text, where = str(source), "SearchSpace"
+        text, prefix = str(source), ""
         if isinstance(source, Path) or (not text.lstrip().startswith("{") and Path(text).exists()):
-            where = str(source)
+            prefix = f"{source}: "
             text = Path(source).read_text(encoding="utf-8")
         token = _VALIDATING.set(True)
         try:
             return cls.model_validate_json(text)
         except ValidationError as err:
-            raise SpaceError(f"{where}: " + _format_validation_error(err, where)) from None
+            raise SpaceError(prefix + _format_validation_error(err, "SearchSpace")) from None
         finally:
             _VALIDATING.reset(token)
 

@@ -171,3 +171,17 @@ def test_architecture_json_table_diff_and_validation(tmp_path):
         nf.Architecture(space=space, choices={})
     with pytest.raises(nf.SpaceError, match="no such architecture file"):
         nf.Architecture.load(tmp_path / "missing.json")
+
+
+def test_space_command_prints_size_nodes_and_memory(capsys):
+    from nasframe.cli import main
+
+    assert main(["space", "tiny", "--memory", "--d-model", "48", "--blocks", "2",
+                 "--tokens", "8", "--batch", "2"]) == 0
+    out = capsys.readouterr().out
+    size = nf.spaces.get("tiny").size()
+    assert f"{size:,} architectures" in out
+    assert "encoder.layer1.split1" in out and "plain autograd" in out
+    assert "activation memory kept for backward" in out
+    assert main(["space", "no-such-space"]) == 2
+    assert "unknown space 'no-such-space'" in capsys.readouterr().err

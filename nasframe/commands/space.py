@@ -11,6 +11,7 @@ from rich.table import Table
 
 import nasframe as nf
 from nasframe.memory import measure_step
+from nasframe.search import resolve_space
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -28,23 +29,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _load(args: argparse.Namespace) -> nf.SearchSpace:
-    if args.name in nf.spaces.names():
-        options = {} if args.layers is None else {"layers": args.layers}
-        return nf.spaces.get(args.name, **options)
-    return nf.SearchSpace.from_json(args.name if args.name.endswith(".json") else args.name)
-
-
 def run(args: argparse.Namespace) -> int:
     console = Console()
-    space = _load(args)
+    options = {} if args.layers is None else {"layers": args.layers}
+    space = resolve_space(args.name, **options)
     console.print(f"space [bold]{space.name}[/]: {space.size():,} architectures "
                   f"({space.size():.2e}), {len(space.choice_nodes())} choice nodes")
-    table = Table(title="choice nodes")
-    for col in ("node", "candidates", "ops"):
+    table = Table(title="choice nodes (nodes that share a candidate set share a row)")
+    for col in ("nodes", "candidates", "ops"):
         table.add_column(col)
+    groups: dict[tuple[str, ...], list[str]] = {}
     for node, labels in space.choice_nodes().items():
-        table.add_row(node, str(len(labels)), ", ".join(labels))
+        groups.setdefault(tuple(labels), []).append(node)
+    for labels, nodes in groups.items():
+        table.add_row("\n".join(nodes), str(len(labels)), ", ".join(labels))
     console.print(table)
     if args.memory:
         _memory(space, args, console)
