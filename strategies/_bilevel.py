@@ -22,6 +22,7 @@ from nasframe.strategies._common import (
     alpha_optimizer,
     assign_grads,
     clip,
+    frozen,
     gradients,
     weight_optimizer,
 )
@@ -64,7 +65,8 @@ class BilevelDarts:
         if self.ctx.config.optim.second_order:
             grads, loss = self._unrolled_alpha_grads(train, val, lr)
         else:  # first order: grad_alpha L_val(w, alpha) at the current w
-            loss_t = self.ctx.loss(val)
+            with frozen(self.weights):
+                loss_t = self.ctx.loss(val)
             grads, loss = gradients(loss_t, self.alphas), float(loss_t.detach())
         assign_grads(self.alphas, grads)
         self.ctx.sync_grads(self.alphas)
@@ -73,7 +75,8 @@ class BilevelDarts:
         return loss
 
     def _weight_step(self, train: Batch) -> tuple[float, float]:
-        loss = self.ctx.loss(train)
+        with frozen(self.alphas):
+            loss = self.ctx.loss(train)
         assign_grads(self.weights, gradients(loss, self.weights))
         self.ctx.sync_grads(self.weights)
         norm = clip(self.weights, self.ctx.config.optim.clip_norm)

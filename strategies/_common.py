@@ -1,7 +1,8 @@
 """What every built-in strategy shares: the optimiser of the weights w and gradient plumbing."""
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -44,3 +45,19 @@ def clip(params: Sequence[Tensor], max_norm: float | None) -> float:
         return float(torch.linalg.vector_norm(torch.stack(
             [torch.linalg.vector_norm(p.grad) for p in with_grad])))
     return float(nn.utils.clip_grad_norm_(with_grad, max_norm))
+
+
+@contextlib.contextmanager
+def frozen(params: Sequence[Tensor]) -> Iterator[None]:
+    """Build the graph with ``params`` as constants: a loss differentiated only for other
+    parameters then skips their gradients. Backprop with reconstruction computes the gradient
+    of every trainable parameter it is handed, so the alpha step would otherwise pay for a
+    full weight gradient it throws away."""
+    was = [p.requires_grad for p in params]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in zip(params, was):
+            p.requires_grad_(flag)
