@@ -21,10 +21,10 @@ from nasframe.data import Batch
 from nasframe.strategies._common import (
     alpha_optimizer,
     assign_grads,
-    clip,
     frozen,
     gradients,
     weight_optimizer,
+    weight_update,
 )
 from nasframe.strategy import Backbone, SearchContext
 
@@ -77,12 +77,7 @@ class BilevelDarts:
     def _weight_step(self, train: Batch) -> tuple[float, float]:
         with frozen(self.alphas):
             loss = self.ctx.loss(train)
-        assign_grads(self.weights, gradients(loss, self.weights))
-        self.ctx.sync_grads(self.weights)
-        norm = clip(self.weights, self.ctx.config.optim.clip_norm)
-        self.w_opt.step()
-        self.w_sched.step()
-        self.w_opt.zero_grad(set_to_none=True)
+        norm = weight_update(self.ctx, self.weights, loss, self.w_opt, self.w_sched)
         return float(loss.detach()), norm
 
     def _unrolled_alpha_grads(self, train: Batch, val: Batch,

@@ -11,6 +11,7 @@ from torch.optim.lr_scheduler import LambdaLR
 
 from nasframe.config import OptimConfig
 from nasframe.runtime import inverse_sqrt
+from nasframe.strategy import SearchContext
 
 
 def weight_optimizer(params: Sequence[nn.Parameter], cfg: OptimConfig) -> tuple[Adam, LambdaLR]:
@@ -61,3 +62,16 @@ def frozen(params: Sequence[Tensor]) -> Iterator[None]:
     finally:
         for p, flag in zip(params, was):
             p.requires_grad_(flag)
+
+
+def weight_update(ctx: SearchContext, weights: Sequence[Tensor], loss: Tensor, opt: Adam,
+                  schedule: LambdaLR) -> float:
+    """One update of w on ``loss``: gradients, DDP averaging, clipping, Adam, the schedule.
+    Returns the gradient norm before clipping."""
+    assign_grads(weights, gradients(loss, weights))
+    ctx.sync_grads(weights)
+    norm = clip(weights, ctx.config.optim.clip_norm)
+    opt.step()
+    schedule.step()
+    opt.zero_grad(set_to_none=True)
+    return norm

@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 
 from nasframe.architecture import Architecture
 from nasframe.data import Batch
-from nasframe.strategies._common import assign_grads, clip, gradients, weight_optimizer
+from nasframe.strategies._common import weight_optimizer, weight_update
 from nasframe.strategies.evolution import Candidate, ChoiceSpace, Objective, evolve
 from nasframe.strategy import Backbone, SearchContext
 
@@ -55,12 +55,7 @@ class Spos:
         net, lr = self.ctx.supernet, self.w_opt.param_groups[0]["lr"]
         net.select(self.space.random_sample(self.rng).choices)
         loss = self.ctx.loss(train_batch)
-        assign_grads(self.weights, gradients(loss, self.weights))
-        self.ctx.sync_grads(self.weights)
-        norm = clip(self.weights, self.ctx.config.optim.clip_norm)
-        self.w_opt.step()
-        self.w_sched.step()
-        self.w_opt.zero_grad(set_to_none=True)
+        norm = weight_update(self.ctx, self.weights, loss, self.w_opt, self.w_sched)
         return {"loss_train": float(loss.detach()), "lr": lr, "grad_norm": norm}
 
     # -- selection --------------------------------------------------------------------------
