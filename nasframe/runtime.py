@@ -83,15 +83,10 @@ def rng_state(device: torch.device) -> dict[str, Any]:
 def set_rng_state(state: dict[str, Any], device: torch.device) -> None:
     """Restore what ``rng_state`` returned (the CUDA state only when ``device`` is CUDA)."""
     torch.set_rng_state(state["torch"])
-    cuda = state.get("cuda")
-    if cuda is not None and device.type == "cuda":
-        if isinstance(cuda, list | tuple):  # older training checkpoints: every device's state
-            torch.cuda.set_rng_state_all(cuda)
-        else:
-            torch.cuda.set_rng_state(cuda, device)
+    if state.get("cuda") is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], device)
     name, key, *rest = state["numpy"]
-    key = key.numpy() if isinstance(key, Tensor) else key  # older checkpoints: numpy array
-    np.random.set_state((name, np.asarray(key).astype(np.uint32), *rest))
+    np.random.set_state((name, key.numpy().astype(np.uint32), *rest))
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
 
