@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 from rich.table import Table
 from torch import Tensor
 
-from nasframe.errors import SpaceError
+from nasframe.errors import SpaceError, describe_validation_error
 from nasframe.runtime import atomic_write_text
 from nasframe.space import SearchSpace
 
@@ -42,9 +42,7 @@ class Architecture(BaseModel):
         try:
             super().__init__(**data)
         except ValidationError as err:
-            raise SpaceError("; ".join(
-                f"{'.'.join(map(str, e['loc'])) or 'architecture'}: "
-                f"{e['msg'].removeprefix('Value error, ')}" for e in err.errors())) from None
+            raise SpaceError(describe_validation_error(err, root="architecture")) from None
 
     # -- persistence ------------------------------------------------------------------------
     def to_json(self, indent: int | None = 2) -> str:
@@ -55,9 +53,8 @@ class Architecture(BaseModel):
         try:
             return cls.model_validate_json(text)
         except ValidationError as err:
-            raise SpaceError(f"{where}: " + "; ".join(
-                f"{'.'.join(map(str, e['loc']))}: {e['msg'].removeprefix('Value error, ')}"
-                for e in err.errors())) from None
+            message = describe_validation_error(err, root="architecture")
+            raise SpaceError(f"{where}: {message}") from None
 
     def save(self, path: str | Path) -> Path:
         atomic_write_text(self.to_json(), path)

@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from nasframe.errors import ConfigError
+from nasframe.errors import ConfigError, describe_validation_error
 from nasframe.supernet import ModelConfig
 
 __all__ = [
@@ -216,5 +216,4 @@ def _flatten(table: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def _format(err: ValidationError) -> str:
-    return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'config'}: "
-                     f"{e['msg'].removeprefix('Value error, ')}" for e in err.errors())
+    return describe_validation_error(err, root="config")

@@ -1,6 +1,8 @@
 """Errors meant for users: each message names the file, field or value at fault."""
 from __future__ import annotations
 
+from typing import Any
+
 
 class NasframeError(Exception):
     """Base of every error nasframe raises on purpose; the CLI prints it without a traceback."""
@@ -20,3 +22,19 @@ class DataError(NasframeError, ValueError):
 
 class CheckpointError(NasframeError):
     """A checkpoint or run directory cannot be used."""
+
+
+def describe_validation_error(err: Any, *, root: str, field_prefix: str = "",
+                              skip: tuple[str, ...] = (), sep: str = "; ") -> str:
+    """One ``field: message`` per error of a pydantic ``ValidationError``.
+
+    ``root`` names an error that has no field (a model-level check); ``field_prefix`` is put
+    before field paths (``model.``); ``skip`` drops location parts that are not fields (the
+    tags of a discriminated union).
+    """
+    lines = []
+    for e in err.errors():
+        loc = [str(p) for p in e["loc"] if p not in skip]
+        where = field_prefix + ".".join(loc) if loc else root
+        lines.append(f"{where}: {e['msg'].removeprefix('Value error, ')}")
+    return sep.join(lines)

@@ -36,7 +36,7 @@ from pydantic import (
 )
 
 from nasframe import ops
-from nasframe.errors import SpaceError
+from nasframe.errors import SpaceError, describe_validation_error
 
 __all__ = ["OpSpec", "op", "OpSet", "Stack", "Sequential", "SearchSpace", "default_topology"]
 
@@ -47,13 +47,7 @@ _TAGS = ("reversible", "sequential")  # discriminator tags pydantic puts in erro
 
 
 def _format_validation_error(err: ValidationError, root: str) -> str:
-    lines = []
-    for e in err.errors():
-        loc = [str(p) for p in e["loc"] if p not in _TAGS]
-        where = ".".join(loc) or root
-        msg = e["msg"].removeprefix("Value error, ")
-        lines.append(f"{where}: {msg}")
-    return "\n".join(lines)
+    return describe_validation_error(err, root=root, skip=_TAGS, sep="\n")
 
 
 _VALIDATING: ContextVar[bool] = ContextVar("nasframe_space_validating", default=False)

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from nasframe import ops
 from nasframe.backbones import FactorisedEmbedding, build_reversible_stack, build_sequential_stack
 from nasframe.choice import ChoiceNode, Mode
-from nasframe.errors import ConfigError, SpaceError
+from nasframe.errors import ConfigError, SpaceError, describe_validation_error
 from nasframe.ops import IncrementalState
 from nasframe.space import OpSpec, SearchSpace, Stack
 
@@ -42,9 +42,8 @@ class ModelConfig(BaseModel):
         try:
             super().__init__(**data)
         except ValidationError as err:
-            raise ConfigError("; ".join(
-                f"model.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors()
-            )) from None
+            raise ConfigError(describe_validation_error(err, root="model", field_prefix="model.")
+                              ) from None
 
 
 def count_parameters(module: nn.Module) -> int:

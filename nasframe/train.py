@@ -49,7 +49,7 @@ from nasframe.data import (
     split_search,
 )
 from nasframe.data.corpus import EMBEDDED_NAME
-from nasframe.errors import CheckpointError, ConfigError, DataError
+from nasframe.errors import CheckpointError, ConfigError, DataError, describe_validation_error
 from nasframe.runtime import (
     atomic_save,
     atomic_write_text,
@@ -116,9 +116,8 @@ class TrainConfig(BaseModel):
         try:
             super().__init__(**data)
         except ValidationError as err:
-            raise ConfigError("; ".join(
-                f"train.{'.'.join(map(str, e['loc']))}: {e['msg'].removeprefix('Value error, ')}"
-                for e in err.errors())) from None
+            raise ConfigError(describe_validation_error(err, root="train", field_prefix="train.")
+                              ) from None
         if self.steps is None and self.minutes is None:
             raise ConfigError("train: give steps or minutes (or both): training needs an end")
 
