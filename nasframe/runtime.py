@@ -30,6 +30,7 @@ from nasframe.errors import ConfigError
 
 __all__ = [
     "atomic_save",
+    "atomic_write_bytes",
     "atomic_write_text",
     "inverse_sqrt",
     "label_smoothed_loss",
@@ -109,6 +110,11 @@ def _atomic(path: Path, write: Callable[[Path], object]) -> None:
 def atomic_save(obj: Any, path: str | Path) -> None:
     """``torch.save(obj, path)``, atomically."""
     _atomic(Path(path), lambda tmp: torch.save(obj, tmp))
+
+
+def atomic_write_bytes(data: bytes, path: str | Path) -> None:
+    """``path.write_bytes(data)``, atomically."""
+    _atomic(Path(path), lambda tmp: tmp.write_bytes(data))
 
 
 def atomic_write_text(text: str, path: str | Path) -> None:

@@ -16,6 +16,7 @@ import sentencepiece as spm
 
 from nasframe.data.corpus import ParallelCorpus
 from nasframe.errors import DataError
+from nasframe.runtime import atomic_write_bytes
 
 __all__ = [
     "BOS_ID",
@@ -82,9 +83,9 @@ class Vocab:
         prefix = Path(model_prefix)
         prefix.parent.mkdir(parents=True, exist_ok=True)
         path = prefix.with_name(prefix.name + ".model")
-        _atomic_write(path, model)
+        atomic_write_bytes(model, path)
         vocab = cls(_processor_from_bytes(model, path), path)
-        _atomic_write(prefix.with_name(prefix.name + ".vocab"), vocab._pieces_table().encode())
+        atomic_write_bytes(vocab._pieces_table().encode(), prefix.with_name(prefix.name + ".vocab"))
         return vocab
 
     @classmethod
@@ -103,7 +104,7 @@ class Vocab:
         """Write the model (e.g. into a run directory, so the run can be reproduced)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_write(path, self._sp.serialized_model_proto())
+        atomic_write_bytes(self._sp.serialized_model_proto(), path)
         return path
 
     # ------------------------------------------------------------------ use
@@ -202,18 +203,6 @@ def _processor_from_bytes(model: bytes, path: Path | None) -> spm.SentencePieceP
     except (RuntimeError, OSError) as e:
         raise DataError(f"{path or 'model'}: not a sentencepiece model ({e})") from e
     return processor
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write via a temporary file and rename, so a concurrent reader (another DDP rank, a
-    killed run) never sees half a model."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 # ---------------------------------------------------------------------- cache
