@@ -6,7 +6,7 @@ only the chosen op of every node and no parameters of the others (``build_model`
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -35,6 +35,9 @@ class ModelConfig(BaseModel):
     blocks: int = Field(1, ge=1, description="repeats of the block of L searched layers")
     dropout: float = Field(0.1, ge=0.0, lt=1.0)
     memory_saving: bool = Field(True, description="backprop with reconstruction (reversible)")
+    split_norm: Literal["post", "branch"] = Field(
+        "post", description="ops inside reversible splits: post: LayerNorm(x + f(x)) (the "
+        "paper); branch: f(LayerNorm(x)), Y_i = X_i + F_i being the only residual")
     alpha_init_std: float = Field(1e-3, ge=0.0, description="alpha ~ N(0, std) (paper.md §4)")
     pad_id: int = 0
 
@@ -83,14 +86,16 @@ class Supernet(nn.Module):
         units = dict(spec.units())
         width = self.config.d_model // spec.splits if isinstance(spec, Stack) else \
             self.config.d_model
+        norm = self.config.split_norm if isinstance(spec, Stack) else "post"
 
         def make_unit(layer: int, unit: str) -> nn.Module:
             what, node = units[unit], f"{part}.layer{layer}.{unit}"
             if isinstance(what, OpSpec):
-                return self._op(what, width, causal)
+                return self._op(what, width, causal, norm)
             if self.arch is not None:
-                return self._op(what.get(self.arch.choices[node]), width, causal)
-            return ChoiceNode(node, what.labels, [self._op(o, width, causal) for o in what.ops],
+                return self._op(what.get(self.arch.choices[node]), width, causal, norm)
+            return ChoiceNode(node, what.labels,
+                              [self._op(o, width, causal, norm) for o in what.ops],
                               self.alphas[_key(node)])
 
         if isinstance(spec, Stack):
@@ -98,10 +103,10 @@ class Supernet(nn.Module):
                                           make_unit)
         return build_sequential_stack(spec, self.config.blocks, make_unit)
 
-    def _op(self, spec: OpSpec, width: int, causal: bool) -> nn.Module:
+    def _op(self, spec: OpSpec, width: int, causal: bool, norm: str = "post") -> nn.Module:
         try:
             return ops.create_op(spec.name, width, causal=causal, dropout=self.config.dropout,
-                                 memory_dim=self.config.d_model, **spec.params)
+                                 memory_dim=self.config.d_model, norm=norm, **spec.params)
         except SpaceError as err:  # name where the op sits: its width comes from d_model
             raise SpaceError(f"{spec.label} at width {width} (model.d_model="
                              f"{self.config.d_model}): {err}") from None

@@ -1,23 +1,23 @@
 """The operation interface, the context every op sees, and the op registry.
 
 An operation maps ``x`` of shape (batch, time, dim) to a tensor of the same shape. Every op
-except Zero and Identity carries its own residual connection and layer normalisation
-(post-norm: ``LayerNorm(x + dropout(f(x)))``), because inside a reversible layer nothing can
-sit around it (paper.md, section 4).
+except Zero and Identity carries its own layer normalisation, and in a sequential layer its own
+residual connection, because nothing else can sit around it (paper.md, section 4). Where the
+norm sits is the ``norm`` style of ``create_op`` (see ``Residual``).
 """
 from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, get_args
 
 from torch import Tensor, nn
 
 from nasframe.errors import SpaceError
 
 __all__ = [
-    "Context", "IncrementalState", "Operation", "Residual",
+    "Context", "IncrementalState", "NORM_STYLES", "NormStyle", "Operation", "Residual",
     "register_op", "create_op", "available_ops", "op_factory", "check_op_params",
     "zeros_at_padding",
 ]
@@ -70,17 +70,41 @@ class Operation(nn.Module):
         raise NotImplementedError
 
 
-class Residual(Operation):
-    """``LayerNorm(x + dropout(f(x, ctx)))`` around a sublayer ``f``: the op's own residual."""
+NormStyle = Literal["post", "pre", "branch"]
+NORM_STYLES: tuple[str, ...] = get_args(NormStyle)
 
-    def __init__(self, dim: int, sublayer: nn.Module, dropout: float) -> None:
+
+class Residual(Operation):
+    """The layer norm (and residual) around a sublayer ``f``, in one of three styles.
+
+    ``post``: ``LayerNorm(x + dropout(f(x)))`` (Vaswani et al.; the paper's ops).
+    ``pre``: ``x + dropout(f(LayerNorm(x)))``.
+    ``branch``: ``dropout(f(LayerNorm(x)))``, no residual of its own: for an F_i of a
+    reversible layer, whose ``Y_i = X_i + F_i`` already is the residual. Post-norm there adds a
+    second copy of the input to the stream at every layer and makes F_i's output O(1) whatever
+    the op does, so the stream grows with depth and an op cannot start as a near-identity.
+    All three have the same parameters, so a checkpoint loads under any of them.
+    """
+
+    def __init__(self, dim: int, sublayer: nn.Module, dropout: float,
+                 style: NormStyle = "post") -> None:
         super().__init__()
         self.sublayer = sublayer
         self.dropout = nn.Dropout(dropout)
         self.norm = nn.LayerNorm(dim)
+        self.style = check_norm_style(style)
 
     def forward(self, x: Tensor, ctx: Context) -> Tensor:
-        return self.norm(x + self.dropout(self.sublayer(x, ctx)))
+        if self.style == "post":
+            return self.norm(x + self.dropout(self.sublayer(x, ctx)))
+        out = self.dropout(self.sublayer(self.norm(x), ctx))
+        return x + out if self.style == "pre" else out
+
+
+def check_norm_style(style: str) -> NormStyle:
+    if style not in NORM_STYLES:
+        raise SpaceError(f"norm style must be one of {', '.join(NORM_STYLES)}, got {style!r}")
+    return style  # type: ignore[return-value]
 
 
 # ----------------------------------------------------------------------------- registry
@@ -88,7 +112,7 @@ class Residual(Operation):
 OpFactory = Callable[..., Operation]
 _REGISTRY: dict[str, OpFactory] = {}
 # Keywords the framework passes to a factory when its signature accepts them.
-_STANDARD_KEYWORDS = ("causal", "dropout", "memory_dim")
+_STANDARD_KEYWORDS = ("causal", "dropout", "memory_dim", "norm")
 
 
 def register_op(name: str, *, replace: bool = False) -> Callable[[OpFactory], OpFactory]:
@@ -138,7 +162,11 @@ def check_op_params(name: str, params: dict[str, Any]) -> None:
 
 
 def create_op(name: str, dim: int, *, causal: bool = False, dropout: float = 0.0,
-              memory_dim: int | None = None, **params: Any) -> Operation:
+              memory_dim: int | None = None, norm: NormStyle = "post",
+              **params: Any) -> Operation:
+    """Build op ``name`` at width ``dim``; ``norm`` sets the style of every ``Residual`` in it,
+    so an op written for the default style works unchanged in the others."""
+    check_norm_style(norm)
     factory = op_factory(name)
     names, var_kw = _parameters(factory)
     standard = {"causal": causal, "dropout": dropout, "memory_dim": memory_dim}
@@ -146,6 +174,9 @@ def create_op(name: str, dim: int, *, causal: bool = False, dropout: float = 0.0
     op = factory(dim, **kwargs, **params)
     if not isinstance(op, nn.Module):
         raise SpaceError(f"op {name!r}: its factory returned {type(op).__name__}, not an nn.Module")
+    for m in op.modules():
+        if isinstance(m, Residual):
+            m.style = norm
     return op
 
 
