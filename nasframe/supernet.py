@@ -36,8 +36,9 @@ class ModelConfig(BaseModel):
     dropout: float = Field(0.1, ge=0.0, lt=1.0)
     memory_saving: bool = Field(True, description="backprop with reconstruction (reversible)")
     split_norm: Literal["post", "branch"] = Field(
-        "post", description="ops inside reversible splits: post: LayerNorm(x + f(x)) (the "
-        "paper); branch: f(LayerNorm(x)), Y_i = X_i + F_i being the only residual")
+        "branch", description="ops inside reversible splits: branch: F_i = f(LayerNorm(x)), "
+        "Y_i = X_i + F_i being the only residual (measured better, README); post: "
+        "LayerNorm(x + f(x)), the paper's ops")
     alpha_init_std: float = Field(1e-3, ge=0.0, description="alpha ~ N(0, std) (paper.md §4)")
     pad_id: int = 0
 
