@@ -35,11 +35,11 @@ class ModelConfig(BaseModel):
     blocks: int = Field(1, ge=1, description="repeats of the block of L searched layers")
     dropout: float = Field(0.1, ge=0.0, lt=1.0)
     memory_saving: bool = Field(True, description="backprop with reconstruction (reversible)")
-    split_norm: Literal["post", "branch"] | None = Field(
-        None, description="ops inside reversible splits: post: LayerNorm(x + f(x)), the "
-        "paper's; branch: F_i = f(LayerNorm(x)), Y_i = X_i + F_i being the only residual. "
-        "None: branch in a fixed model (re-trains better), post in a supernet (its mixture "
-        "compares candidates at one scale; DARTS with branch picks zero); README")
+    split_norm: Literal["post", "branch"] = Field(
+        "post", description="ops inside reversible splits: post: LayerNorm(x + f(x)), the "
+        "paper's, which a supernet needs (its mixture compares candidates at one scale; DARTS "
+        "with branch picks zero); branch: F_i = f(LayerNorm(x)), Y_i = X_i + F_i being the "
+        "only residual, which re-trains a fixed model much better (README)")
     alpha_init_std: float = Field(1e-3, ge=0.0, description="alpha ~ N(0, std) (paper.md §4)")
     pad_id: int = 0
 
@@ -88,9 +88,7 @@ class Supernet(nn.Module):
         units = dict(spec.units())
         width = self.config.d_model // spec.splits if isinstance(spec, Stack) else \
             self.config.d_model
-        norm = "post"
-        if isinstance(spec, Stack):
-            norm = self.config.split_norm or ("branch" if self.arch is not None else "post")
+        norm = self.config.split_norm if isinstance(spec, Stack) else "post"
 
         def make_unit(layer: int, unit: str) -> nn.Module:
             what, node = units[unit], f"{part}.layer{layer}.{unit}"

@@ -87,12 +87,14 @@ def test_a_checkpoint_loads_under_either_split_norm() -> None:
     branch.load_state_dict(post.state_dict())  # same parameters, strict
 
 
-def test_default_is_branch_for_a_fixed_model_and_post_for_a_supernet() -> None:
+
+def test_default_is_post_in_supernet_and_fixed_model_alike() -> None:
+    # one default for both, so a fixed model with the supernet's weights computes its path
     space = nf.spaces.get("tiny")
     arch = nf.Architecture(space=space, choices={n: "ffn" for n in space.choice_nodes()})
     fixed = nf.build_model(arch, nf.ModelConfig(d_model=48), 30)
     supernet = nf.Supernet(space, nf.ModelConfig(d_model=48), 30)
-    assert {m.style for m in fixed.modules() if isinstance(m, Residual)} == {"branch"}
+    assert {m.style for m in fixed.modules() if isinstance(m, Residual)} == {"post"}
     assert {m.style for m in supernet.modules() if isinstance(m, Residual)} == {"post"}
-    pinned = nf.build_model(arch, nf.ModelConfig(d_model=48, split_norm="post"), 30)
-    assert {m.style for m in pinned.modules() if isinstance(m, Residual)} == {"post"}
+    pinned = nf.build_model(arch, nf.ModelConfig(d_model=48, split_norm="branch"), 30)
+    assert {m.style for m in pinned.modules() if isinstance(m, Residual)} == {"branch"}
