@@ -15,7 +15,7 @@ from pathlib import Path
 from benchmarks import _report
 from nasframe.data import load_split
 from nasframe.decode import decoding_speed
-from nasframe.train import load_run
+from nasframe.loading import load_run
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -4,8 +4,9 @@ Subcommands live in the package ``nasframe.commands``: every module there expose
 ``register(subparsers)``, adds its parser(s) and sets ``func`` (``func(args) -> int | None``)
 with ``set_defaults``. This file only discovers them, so adding a command never touches it.
 
-Errors meant for users (``NasframeError``) are printed as ``error: <message>`` without a
-traceback and exit with code 2, the same code argparse uses for a bad flag.
+Errors meant for users (``NasframeError``, and OS errors on the user's files) are printed as
+one ``error: <message>`` line without a traceback and exit with code 2, the same code argparse
+uses for a bad flag; a diverged run (``NonFiniteError``) exits with code 3.
 """
 from __future__ import annotations
 
@@ -61,6 +62,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         code = func(args)
     except NasframeError as err:
         print(f"error: {err}", file=sys.stderr)
+        return getattr(err, "exit_code", EXIT_USAGE)
+    except OSError as err:  # a file of the user's that the commands did not check first
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"error: {where}{err.strerror or err}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

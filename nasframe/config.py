@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -18,9 +18,12 @@ from nasframe.errors import ConfigError, describe_validation_error
 from nasframe.supernet import ModelConfig
 
 __all__ = [
-    "DataConfig", "OptimConfig", "EvolutionConfig", "SearchConfig", "PRESETS", "preset_names",
-    "load_config", "apply_overrides",
+    "DataConfig", "WeightOptim", "OptimConfig", "EvolutionConfig", "SearchConfig", "PRESETS",
+    "preset_names", "TrainConfig", "TRAIN_PRESETS", "load_config", "apply_overrides",
 ]
+
+
+C = TypeVar("C", "SearchConfig", "TrainConfig")
 
 
 class _Section(BaseModel):
@@ -45,22 +48,29 @@ class DataConfig(_Section):
                                            "synthetic sequence")
 
 
-class OptimConfig(_Section):
-    """The two Adam optimisers of the bilevel search (paper.md §5) and the shared loss."""
+class WeightOptim(_Section):
+    """How the weights w are optimised: the section search and re-training share (paper.md
+    §5: Adam, inverse-square-root warmup, label smoothing 0.1)."""
 
     lr: float = Field(7e-4, gt=0, description="peak learning rate of the weights w")
     warmup: int = Field(4000, ge=1, description="inverse-sqrt schedule warmup updates")
     betas: tuple[float, float] = (0.9, 0.98)
     eps: float = Field(1e-9, gt=0)
     weight_decay: float = Field(0.0, ge=0, description="weight decay of w (ours)")
-    clip_norm: float | None = Field(1.0, description="max gradient norm of w; None: no "
+    clip_norm: float | None = Field(1.0, gt=0, description="max gradient norm of w; None: no "
                                     "clipping (ours)")
+    label_smoothing: float = Field(0.1, ge=0, lt=1)
+
+
+class OptimConfig(WeightOptim):
+    """The two Adam optimisers of the bilevel search (paper.md §5): w as in re-training, and
+    the alphas."""
+
     alpha_lr: float = Field(3e-4, gt=0, description="learning rate of the alphas (fixed)")
     alpha_betas: tuple[float, float] = (0.5, 0.999)
     alpha_weight_decay: float = Field(1e-3, ge=0)
     alpha_warmup: int = Field(0, ge=0, description="updates that train only w before the "
                               "alphas start moving (ours; 0 as in the paper)")
-    label_smoothing: float = Field(0.1, ge=0, lt=1)
     second_order: bool = Field(False, description="DARTS second-order alpha gradient "
                                "(finite-difference Hessian-vector product)")
     unrolled_lr: float | None = Field(None, gt=0, description="xi of the unrolled step "
@@ -97,6 +107,9 @@ class SearchConfig(_Section):
     keep_checkpoints: int | None = Field(None, ge=1, description="keep only the newest k "
                                          "checkpoint files; None: keep all")
     log_every: int = Field(100, ge=1, description="updates between metrics lines")
+    skip_nonfinite: int = Field(0, ge=0, description="batches with a non-finite loss or "
+                                "gradient that may be skipped (w and alpha unchanged) before "
+                                "the run stops; 0: stop at the first")
     seed: int = 1
     device: str = Field("auto", description="'auto', 'cpu', 'cuda', 'cuda:1', ...")
     dtype: Literal["float32", "float64"] = "float32"
@@ -155,30 +168,96 @@ def preset_names() -> list[str]:
     return list(PRESETS)
 
 
-def load_config(path: str | Path, base: SearchConfig | None = None) -> SearchConfig:
+class TrainConfig(WeightOptim):
+    """How to re-train a fixed architecture. Values the paper does not state are *(ours)*."""
+
+    preset: str | None = None
+    model: ModelConfig = Field(default_factory=lambda: ModelConfig(d_model=528, embed_dim=512,
+                                                                   blocks=3))
+    vocab_size: int = Field(8000, ge=5, description="joint sentencepiece vocabulary size")
+    max_len: int = Field(250, ge=1, description="drop pairs with a side longer than this")
+    max_tokens: int = Field(4096, ge=1, description="token budget of a batch")
+    steps: int | None = Field(100_000, ge=1, description="updates; None: only the time limit")
+    minutes: float | None = Field(None, gt=0, description="wall-clock limit of training")
+    checkpoint_every: int = Field(1000, ge=1, description="updates between checkpoints")
+    valid_every: int | None = Field(None, ge=1, description="updates between validations; "
+                                    "None: at every checkpoint")
+    keep_checkpoints: int = Field(5, ge=1, description="numbered checkpoints kept")
+    average_last: int = Field(0, ge=0, description="average the last k numbered checkpoints")
+    log_every: int = Field(50, ge=1)
+    skip_nonfinite: int = Field(0, ge=0, description="batches with a non-finite loss or "
+                                "gradient that may be skipped before the run stops")
+    seed: int = 1
+    device: str = Field("auto", description="'auto', 'cpu', 'cuda', 'cuda:1', ...")
+
+    def __init__(self, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as err:
+            raise ConfigError(describe_validation_error(err, root="train", field_prefix="train.")
+                              ) from None
+        if self.steps is None and self.minutes is None:
+            raise ConfigError("train: give steps or minutes (or both): training needs an end")
+
+    @classmethod
+    def preset_config(cls, name: str, **overrides: Any) -> TrainConfig:
+        """``tiny`` (CPU, minutes), ``small`` (one GPU, hours), ``paper`` (base size)."""
+        if name not in TRAIN_PRESETS:
+            raise ConfigError(f"preset: unknown preset {name!r}; choose one of "
+                              f"{', '.join(TRAIN_PRESETS)}")
+        data = {**TRAIN_PRESETS[name], "preset": name}
+        data["model"] = ModelConfig(**data["model"])
+        return cls(**{**data, **{k: v for k, v in overrides.items() if v is not None}})
+
+
+# d_model must split evenly into 2 and 3 splits of a width divisible by 8 heads: 48 | d.
+TRAIN_PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": {  # 2 CPU cores, minutes: a demonstration, not a useful translator
+        "model": {"d_model": 144, "embed_dim": 128, "blocks": 1, "dropout": 0.1},
+        "vocab_size": 4000, "max_tokens": 1536, "steps": 100_000, "lr": 2e-3, "warmup": 300,
+        "checkpoint_every": 500, "log_every": 10,
+    },
+    "small": {  # one GPU, about an hour (paper.md Fig. 5 "small": d = 128..256)
+        "model": {"d_model": 288, "embed_dim": 256, "blocks": 2, "dropout": 0.1},
+        "vocab_size": 8000, "max_tokens": 4096, "steps": 30_000, "lr": 1e-3, "warmup": 2000,
+        "checkpoint_every": 2000, "average_last": 5, "log_every": 50,
+    },
+    "paper": {  # base size (paper.md §5: E = 512, ~62.5M parameters); d rounded to 48 | d
+        "model": {"d_model": 528, "embed_dim": 512, "blocks": 3, "dropout": 0.1},
+        "vocab_size": 32000, "max_tokens": 4096, "steps": 100_000, "lr": 7e-4,
+        "warmup": 4000, "checkpoint_every": 2000, "average_last": 5, "log_every": 100,
+    },
+}
+
+
+def load_config(path: str | Path, base: C | None = None,
+                kind: type[C] | None = None) -> C:
     """Read a TOML file over ``base`` (or over its own ``preset = "..."``, else the defaults).
 
-    Sections mirror the model: top-level fields, then ``[model]``, ``[data]``, ``[optim]``,
-    ``[evolution]``.
+    ``kind`` is SearchConfig (the default) or TrainConfig. A search TOML has top-level fields,
+    then ``[model]``, ``[data]``, ``[optim]``, ``[evolution]`` sections; a training TOML
+    top-level fields and ``[model]``.
     """
     path = Path(path)
+    cls: Any = kind or (type(base) if base is not None else SearchConfig)
     if not path.is_file():
         raise ConfigError(f"{path}: no such config file")
     try:
         table = tomllib.loads(path.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as err:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
         raise ConfigError(f"{path}: {err}") from None
     if base is None:
         preset = table.get("preset")
-        base = SearchConfig.preset_config(preset) if isinstance(preset, str) else SearchConfig()
+        base = cls.preset_config(preset) if isinstance(preset, str) else cls()
     try:
         return apply_overrides(base, _flatten(table))
     except ConfigError as err:
         raise ConfigError(f"{path}: {err}") from None
 
 
-def apply_overrides(config: SearchConfig, overrides: dict[str, Any]) -> SearchConfig:
-    """A copy of ``config`` with dotted keys replaced (``{"model.d_model": 96}``), validated."""
+def apply_overrides(config: C, overrides: dict[str, Any]) -> C:
+    """A copy of ``config`` (a SearchConfig or TrainConfig) with dotted keys replaced
+    (``{"model.d_model": 96}``), validated."""
     data = config.model_dump()
     for key, value in overrides.items():
         node, parts = data, key.split(".")
@@ -190,7 +269,7 @@ def apply_overrides(config: SearchConfig, overrides: dict[str, Any]) -> SearchCo
             known = ", ".join(sorted(node))
             raise ConfigError(f"{key}: unknown setting (known here: {known})")
         node[parts[-1]] = value
-    return SearchConfig(**data)
+    return type(config)(**data)
 
 
 def parse_assignment(text: str) -> tuple[str, Any]:

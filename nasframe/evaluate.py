@@ -5,8 +5,6 @@ tokenisation), so they are comparable across vocabularies and with published num
 """
 from __future__ import annotations
 
-import json
-import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,11 +14,11 @@ import sacrebleu
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from nasframe.data import ParallelCorpus, Vocab, load_split, read_pair
+from nasframe.data import DataSpec, ParallelCorpus, Vocab, load_split, read_pair
 from nasframe.decode import DecodeOptions, translate_ids
-from nasframe.errors import DataError
+from nasframe.errors import ConfigError, DataError
+from nasframe.loading import LoadedRun, load_run
 from nasframe.supernet import Supernet
-from nasframe.train import DataSpec, LoadedRun, load_run
 
 __all__ = ["evaluate_run", "score", "split_corpus", "translate_with_progress"]
 
@@ -77,6 +75,9 @@ def evaluate_run(run_dir: str | Path, split: str = "test", data: DataSpec | None
 
     ``limit`` scores only the first ``limit`` pairs (recorded in the result).
     """
+    if limit is not None and limit < 1:
+        raise ConfigError(f"--limit {limit}: must be at least 1 (leave it out to score every "
+                          "pair)")
     run_dir = Path(run_dir)
     run = load_run(run_dir, checkpoint, device)
     corpus = split_corpus(run, split, data)
@@ -94,12 +95,6 @@ def evaluate_run(run_dir: str | Path, split: str = "test", data: DataSpec | None
               "length_penalty": options.alpha, "length_penalty_style": options.style,
               "max_len": [options.max_len_a, options.max_len_b],
               "checkpoint": run.checkpoint.name, "translate_seconds": round(seconds, 2)}
-    _write(run_dir / f"eval_{split}.hyp.txt", "".join(h + "\n" for h in hyps))
-    _write(run_dir / f"eval_{split}.json", json.dumps(result, indent=2) + "\n")
+    run.run.write_text(f"eval_{split}.hyp.txt", "".join(h + "\n" for h in hyps))
+    run.run.write_json(f"eval_{split}.json", result)
     return result
-
-
-def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)

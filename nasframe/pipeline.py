@@ -27,14 +27,23 @@ from rich.console import Console
 from rich.table import Table
 
 from nasframe.architecture import Architecture
-from nasframe.data import ParallelCorpus, Vocab, encode_corpus, get_or_train_vocab, load_split
+from nasframe.config import TrainConfig
+from nasframe.data import (
+    DataSpec,
+    ParallelCorpus,
+    Vocab,
+    cache_dir,
+    encode_corpus,
+    get_or_train_vocab,
+    load_split,
+)
 from nasframe.data.corpus import split_search
 from nasframe.decode import DecodeOptions
 from nasframe.errors import SpaceError
 from nasframe.evaluate import evaluate_run
 from nasframe.space import SearchSpace, Stack
 from nasframe.spaces import get as get_space
-from nasframe.train import DataSpec, TrainConfig, cache_dir, train
+from nasframe.train import train
 
 __all__ = ["QuickstartOptions", "describe_architecture", "run_quickstart"]
 

@@ -1,58 +1,49 @@
-"""Re-training a fixed architecture with ordinary backprop (paper.md §5, "Re-train").
+"""Re-training a fixed architecture with ordinary backprop (Zhao et al. 2021, §5 "Re-train").
 
 A derived (or hand-written) architecture becomes a plain model (``build_model``) trained with
 label-smoothed cross entropy, Adam and the inverse-square-root schedule, on token-budget
-batches. Everything a later ``translate`` or ``evaluate`` needs is kept in the run directory,
-so the directory alone is the trained model::
+batches. The run directory (``nasframe.rundir``, kind ``train``) alone is the trained model::
 
-    runs/y/config.json        TrainConfig and where the data came from
-    runs/y/arch.json          the architecture
-    runs/y/vocab.model        the joint sentencepiece vocabulary
-    runs/y/metrics.jsonl      one JSON object per logged update / validation
-    runs/y/checkpoints/       checkpoint_last.pt (full state, for --resume),
-                              checkpoint_best.pt (lowest validation loss),
-                              checkpoint_<step>.pt (weights, for averaging), checkpoint_avg.pt
+    runs/y/run.json  config.json (TrainConfig and the data)  arch.json  vocab.model
+    runs/y/metrics.jsonl
+    runs/y/checkpoints/checkpoint_<step>.pt   full state: --resume, averaging
+    runs/y/checkpoints/checkpoint_best.pt     lowest validation loss; checkpoint_avg.pt
 
 Resuming restores the model, the optimiser, the schedule, every random generator and the
-batcher's position, so a run killed and resumed ends bitwise equal to one that never stopped.
+batcher's position, so a run killed and resumed ends bitwise equal to one that never stopped
+(at the same thread count, which the run records).
 """
 from __future__ import annotations
 
-import json
 import math
-import os
-import pickle
 import time
-from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from rich.console import Console
 from rich.progress import TaskProgressColumn, TextColumn
-from torch import Tensor
 
 from nasframe.architecture import Architecture
+from nasframe.config import TrainConfig, apply_overrides
 from nasframe.data import (
     Batch,
+    DataSpec,
     Pair,
     ParallelCorpus,
     TokenBatcher,
     Vocab,
+    cache_dir,
     encode_corpus,
     get_or_train_vocab,
-    load_split,
-    read_pair,
-    read_tsv,
-    split_search,
+    load_data,
 )
-from nasframe.data.corpus import EMBEDDED_NAME
-from nasframe.errors import CheckpointError, ConfigError, DataError, describe_validation_error
+from nasframe.errors import ConfigError, DataError, RunDirError
+from nasframe.loading import ARCH, AVERAGE, BEST, VOCAB, read_train_config
+from nasframe.resume import TRAIN_RESUMABLE, record_session, resume_config
+from nasframe.rundir import RunDir, RunKind, divergence
 from nasframe.runtime import (
-    atomic_save,
-    atomic_write_text,
     inverse_sqrt,
     label_smoothed_loss,
     progress_bar,
@@ -61,187 +52,9 @@ from nasframe.runtime import (
     seed_everything,
     set_rng_state,
 )
-from nasframe.supernet import ModelConfig, Supernet, build_model, count_parameters
+from nasframe.supernet import build_model, count_parameters
 
-__all__ = [
-    "TRAIN_PRESETS",
-    "DataSpec",
-    "LoadedRun",
-    "TrainConfig",
-    "TrainResult",
-    "Trainer",
-    "average_checkpoints",
-    "cache_dir",
-    "load_data",
-    "load_run",
-    "train",
-]
-
-CONFIG, ARCH, VOCAB, METRICS = "config.json", "arch.json", "vocab.model", "metrics.jsonl"
-LAST, BEST, AVERAGE = "checkpoint_last.pt", "checkpoint_best.pt", "checkpoint_avg.pt"
-
-
-# ----------------------------------------------------------------------------- configuration
-
-class TrainConfig(BaseModel):
-    """How to re-train. Values the paper does not state are marked *(ours)*."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-    preset: str | None = None
-    model: ModelConfig = Field(default_factory=lambda: ModelConfig(d_model=528, embed_dim=512,
-                                                                   blocks=3))
-    vocab_size: int = Field(8000, ge=5, description="joint sentencepiece vocabulary size")
-    max_len: int = Field(250, ge=1, description="drop pairs with a side longer than this")
-    max_tokens: int = Field(4096, ge=1, description="token budget of a batch")
-    steps: int | None = Field(100_000, ge=1, description="updates; None: only the time limit")
-    minutes: float | None = Field(None, gt=0, description="wall-clock limit of training")
-    lr: float = Field(7e-4, gt=0, description="peak learning rate (ours, as the search)")
-    warmup: int = Field(4000, ge=1, description="inverse-sqrt warmup updates")
-    betas: tuple[float, float] = (0.9, 0.98)
-    eps: float = Field(1e-9, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
-    label_smoothing: float = Field(0.1, ge=0, lt=1)
-    clip_norm: float | None = Field(1.0, gt=0, description="max gradient norm (ours)")
-    checkpoint_every: int = Field(1000, ge=1, description="updates between checkpoints")
-    valid_every: int | None = Field(None, ge=1, description="updates between validations; "
-                                    "None: at every checkpoint")
-    keep_checkpoints: int = Field(5, ge=1, description="numbered checkpoints kept")
-    average_last: int = Field(0, ge=0, description="average the last k numbered checkpoints")
-    log_every: int = Field(50, ge=1)
-    seed: int = 1
-    device: str = Field("auto", description="'auto', 'cpu', 'cuda', 'cuda:1', ...")
-
-    def __init__(self, **data: Any) -> None:
-        try:
-            super().__init__(**data)
-        except ValidationError as err:
-            raise ConfigError(describe_validation_error(err, root="train", field_prefix="train.")
-                              ) from None
-        if self.steps is None and self.minutes is None:
-            raise ConfigError("train: give steps or minutes (or both): training needs an end")
-
-    @classmethod
-    def preset_config(cls, name: str, **overrides: Any) -> TrainConfig:
-        """``tiny`` (CPU, minutes), ``small`` (one GPU, hours), ``paper`` (base size)."""
-        if name not in TRAIN_PRESETS:
-            raise ConfigError(f"preset: unknown preset {name!r}; choose one of "
-                              f"{', '.join(TRAIN_PRESETS)}")
-        data = {**TRAIN_PRESETS[name], "preset": name}
-        data["model"] = ModelConfig(**data["model"])
-        return cls(**{**data, **{k: v for k, v in overrides.items() if v is not None}})
-
-
-# d_model must split evenly into 2 and 3 splits of a width divisible by 8 heads: 48 | d.
-TRAIN_PRESETS: dict[str, dict[str, Any]] = {
-    "tiny": {  # 2 CPU cores, minutes: a demonstration, not a useful translator
-        "model": {"d_model": 144, "embed_dim": 128, "blocks": 1, "dropout": 0.1},
-        "vocab_size": 4000, "max_tokens": 1536, "steps": 100_000, "lr": 2e-3, "warmup": 300,
-        "checkpoint_every": 500, "log_every": 10,
-    },
-    "small": {  # one GPU, about an hour (paper.md Fig. 5 "small": d = 128..256)
-        "model": {"d_model": 288, "embed_dim": 256, "blocks": 2, "dropout": 0.1},
-        "vocab_size": 8000, "max_tokens": 4096, "steps": 30_000, "lr": 1e-3, "warmup": 2000,
-        "checkpoint_every": 2000, "average_last": 5, "log_every": 50,
-    },
-    "paper": {  # base size (paper.md §5: E = 512, ~62.5M parameters); d rounded to 48 | d
-        "model": {"d_model": 528, "embed_dim": 512, "blocks": 3, "dropout": 0.1},
-        "vocab_size": 32000, "max_tokens": 4096, "steps": 100_000, "lr": 7e-4,
-        "warmup": 4000, "checkpoint_every": 2000, "average_last": 5, "log_every": 100,
-    },
-}
-
-
-def cache_dir() -> Path:
-    """Where trained vocabularies are cached: ``$NASFRAME_CACHE`` or ``~/.cache/nasframe``."""
-    root = os.environ.get("NASFRAME_CACHE") or Path.home() / ".cache" / "nasframe"
-    return Path(root) / "vocab"
-
-
-# ----------------------------------------------------------------------------- data
-
-class DataSpec(BaseModel):
-    """Where training data come from, as given on the command line (recorded for --resume).
-
-    ``data``: ``lohelp``, a TSV file, a folder of split files or a ``{split}`` pattern;
-    or ``src`` + ``tgt``: two aligned text files. ``valid``: one TSV or two aligned files;
-    when absent, the corpus's own ``valid`` split, or else 2% of the training pairs (at most
-    1,000) held out.
-    """
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    data: str | None = None
-    src: str | None = None
-    tgt: str | None = None
-    valid: tuple[str, ...] | None = None
-
-    def absolute(self) -> DataSpec:
-        """Paths made absolute, so a recorded spec still works from another directory."""
-        def fix(p: str | None) -> str | None:
-            if p is None or p == EMBEDDED_NAME:
-                return p
-            return str(Path(p).expanduser().resolve()) if "{split}" not in p else \
-                str(Path(p).expanduser().absolute())
-        valid = tuple(fix(v) or v for v in self.valid) if self.valid else None
-        return DataSpec(data=fix(self.data), src=fix(self.src), tgt=fix(self.tgt), valid=valid)
-
-    def has_splits(self) -> bool:
-        """Whether ``data`` names its splits (embedded corpus, folder or pattern)."""
-        d = self.data or EMBEDDED_NAME
-        return d == EMBEDDED_NAME or "{split}" in d or Path(d).is_dir()
-
-
-def load_data(spec: DataSpec, seed: int = 0) -> tuple[ParallelCorpus, ParallelCorpus]:
-    """(train, valid) corpora of a spec; errors are DataError naming the file at fault."""
-    if (spec.src is None) != (spec.tgt is None):
-        raise DataError("give both --src and --tgt (two aligned files), or --data")
-    if spec.src is not None and spec.data is not None:
-        raise DataError("give either --data or --src/--tgt, not both")
-    if spec.src is not None:
-        train_corpus = read_pair(spec.src, spec.tgt)  # type: ignore[arg-type]
-    else:
-        train_corpus = load_split(spec.data or EMBEDDED_NAME, "train")
-    if spec.valid:
-        if len(spec.valid) not in (1, 2):
-            raise DataError(f"--valid takes one TSV or two aligned files, got {len(spec.valid)}")
-        valid = read_tsv(spec.valid[0]) if len(spec.valid) == 1 else read_pair(*spec.valid)
-        return train_corpus, valid
-    if spec.src is None and spec.has_splits():
-        return train_corpus, load_split(spec.data or EMBEDDED_NAME, "valid")
-    held_out = min(1000, max(1, len(train_corpus) // 50))
-    if len(train_corpus) < 2:
-        raise DataError(f"corpus {train_corpus.name!r} has {len(train_corpus)} pair(s); "
-                        "need at least 2 to hold some out for validation (or give --valid)")
-    return split_search(train_corpus, (len(train_corpus) - held_out, held_out), seed)
-
-
-# ----------------------------------------------------------------------------- pieces
-
-def load_checkpoint(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such checkpoint")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except (RuntimeError, OSError, EOFError, ValueError, pickle.UnpicklingError) as err:
-        raise CheckpointError(f"{path}: cannot read checkpoint ({err})") from None
-
-
-def average_checkpoints(paths: Sequence[Path]) -> dict[str, Tensor]:
-    """The element-wise mean of the models in ``paths`` (a cheap ensemble of late weights)."""
-    if not paths:
-        raise CheckpointError("no checkpoints to average")
-    total: dict[str, Tensor] = {}
-    for path in paths:
-        state = load_checkpoint(path)["model"]
-        for key, value in state.items():
-            if key in total:
-                total[key] += value.double()
-            else:
-                total[key] = value.double().clone()
-    first = load_checkpoint(paths[0])["model"]
-    return {k: (v / len(paths)).to(first[k].dtype) if first[k].is_floating_point()
-            else first[k] for k, v in total.items()}
+__all__ = ["TrainResult", "Trainer", "train"]
 
 
 class TrainingBar:
@@ -285,17 +98,17 @@ class TrainResult:
     best_valid_loss: float | None
     checkpoint: Path
     dropped: dict[str, int] = field(default_factory=dict)
+    skipped: int = 0
 
 
 class Trainer:
     """The training loop over one run directory; ``run()`` trains until steps or time end."""
 
-    def __init__(self, run_dir: Path, config: TrainConfig, arch: Architecture, vocab_size: int,
+    def __init__(self, run: RunDir, config: TrainConfig, arch: Architecture, vocab_size: int,
                  train_pairs: list[Pair], valid_pairs: list[Pair],
                  console: Console | None = None, progress: bool = True) -> None:
-        self.run_dir, self.config, self.arch = run_dir, config, arch
+        self.run_dir, self.config, self.arch = run, config, arch
         self.pad_id = config.model.pad_id
-        run_dir.mkdir(parents=True, exist_ok=True)
         self.console = console or Console(stderr=True)
         self.show_progress = progress
         self.device = resolve_device(config.device)
@@ -312,23 +125,14 @@ class Trainer:
         self.step = 0
         self.elapsed = 0.0   # training seconds over all sessions of this run
         self.best_valid: float | None = None
+        self.skipped = 0     # batches skipped for a non-finite loss or gradient
         self._validated: tuple[int, dict[str, float]] | None = None  # (step, scores)
-
-    # -- paths ------------------------------------------------------------------------------
-    @property
-    def checkpoints(self) -> Path:
-        return self.run_dir / "checkpoints"
-
-    def numbered(self) -> list[Path]:
-        """Numbered checkpoints, oldest first."""
-        found = [(int(p.stem.split("_")[1]), p) for p in self.checkpoints.glob("checkpoint_*.pt")
-                 if p.stem.split("_")[1].isdigit()]
-        return [p for _, p in sorted(found)]
 
     # -- state ------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         return {
             "step": self.step, "elapsed": self.elapsed, "best_valid": self.best_valid,
+            "skipped": self.skipped,
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(), "batcher": self.batcher.state_dict(),
             "rng": rng_state(self.device),
@@ -341,16 +145,12 @@ class Trainer:
         self.batcher.load_state_dict(state["batcher"])
         set_rng_state(state["rng"], self.device)
         self.step, self.elapsed = int(state["step"]), float(state["elapsed"])
-        self.best_valid = state["best_valid"]
+        self.best_valid, self.skipped = state["best_valid"], int(state.get("skipped", 0))
 
     def save(self) -> None:
-        """checkpoint_last.pt (everything) and a numbered, weights-only checkpoint."""
-        atomic_save(self.state_dict(), self.checkpoints / LAST)
-        atomic_save({"step": self.step, "model": self.model.state_dict()},
-                    self.checkpoints / f"checkpoint_{self.step}.pt")
+        """A numbered checkpoint of the whole state; the oldest beyond the kept ones go."""
         keep = max(self.config.keep_checkpoints, self.config.average_last)
-        for old in self.numbered()[:-keep]:
-            old.unlink(missing_ok=True)
+        self.run_dir.save_checkpoint(self.step, self.state_dict(), keep=keep)
 
     # -- one update -------------------------------------------------------------------------
     def train_step(self, batch: Batch) -> dict[str, float]:
@@ -362,13 +162,28 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         per_token = max(int(n), 1)
         (loss / per_token).backward()
-        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(),
-                                              self.config.clip_norm or math.inf)
+        norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(),
+                                                    self.config.clip_norm or math.inf))
+        self.step += 1
+        stats = {"loss": float(loss.detach()) / per_token, "nll": float(nll.detach()) / per_token,
+                 "tokens": float(n), "grad_norm": norm}
+        bad = [k for k in ("loss", "grad_norm") if not math.isfinite(stats[k])]
+        if bad:  # skip the update: the weights and the optimiser's moments stay as they were
+            self.optimizer.zero_grad(set_to_none=True)
+            self._skip(" and ".join(bad))
+            return stats
         self.optimizer.step()
         self.scheduler.step()
-        self.step += 1
-        return {"loss": float(loss.detach()) / per_token, "nll": float(nll.detach()) / per_token,
-                "tokens": float(n), "grad_norm": float(norm)}
+        return stats
+
+    def _skip(self, what: str) -> None:
+        self.skipped += 1
+        if self.skipped > self.config.skip_nonfinite:
+            raise divergence(self.run_dir, self.step, f"the training {what}")
+        self.run_dir.log({"event": "skip", "step": self.step, "what": what,
+                          "skipped": self.skipped})
+        self.console.print(f"[yellow]update {self.step}: non-finite {what}; batch skipped "
+                           f"({self.skipped} of at most {self.config.skip_nonfinite})[/]")
 
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
@@ -390,12 +205,14 @@ class Trainer:
             return self._validated[1]
         scores = self.validate()
         self._validated = (self.step, scores)
+        if not math.isfinite(scores["valid_loss"]):
+            raise divergence(self.run_dir, self.step, "the validation loss")
         if self.best_valid is None or scores["valid_loss"] < self.best_valid:
             self.best_valid = scores["valid_loss"]
-            atomic_save({"step": self.step, "model": self.model.state_dict(), **scores},
-                        self.checkpoints / BEST)
-        log_metrics(self.run_dir, {"event": "valid", "step": self.step, **scores,
-                                   "best_valid_loss": self.best_valid})
+            self.run_dir.save_checkpoint(self.step, {"model": self.model.state_dict(), **scores},
+                                         name=BEST)
+        self.run_dir.log({"event": "valid", "step": self.step, **scores,
+                          "best_valid_loss": self.best_valid})
         return scores
 
     # -- the loop ---------------------------------------------------------------------------
@@ -428,7 +245,7 @@ class Trainer:
                     now = time.perf_counter()
                     speed = window_tokens / max(now - window_start, 1e-9)
                     window_tokens, window_start = 0.0, now
-                    log_metrics(self.run_dir, {
+                    self.run_dir.log({
                         "event": "train", "step": self.step, **stats, "tokens_per_s": speed,
                         "lr": self.scheduler.get_last_lr()[0], "elapsed": self.elapsed,
                         "epoch": self.batcher.epoch})
@@ -443,40 +260,25 @@ class Trainer:
         return self.finish()
 
     def finish(self) -> TrainResult:
-        """Final validation and checkpoints, then the averaged model if asked for."""
+        """Final validation and checkpoint, then the averaged model if asked for."""
         scores = self._validate_and_keep_best()
         self.save()
-        chosen = self.checkpoints / BEST
+        chosen = self.run_dir.checkpoints / BEST
         if self.config.average_last > 0:
-            paths = self.numbered()[-self.config.average_last:]
-            atomic_save({"step": self.step, "model": average_checkpoints(paths),
-                         "averaged": [p.name for p in paths]}, self.checkpoints / AVERAGE)
-            chosen = self.checkpoints / AVERAGE
-        result = TrainResult(self.run_dir, self.step, self.elapsed,
-                             count_parameters(self.model), self.best_valid, chosen)
-        log_metrics(self.run_dir, {"event": "end", "step": self.step, "elapsed": self.elapsed,
-                                   "parameters": result.parameters, **scores,
-                                   "best_valid_loss": self.best_valid,
-                                   "checkpoint": chosen.name})
+            model, names = self.run_dir.average(self.config.average_last)
+            chosen = self.run_dir.save_checkpoint(self.step, {"model": model, "averaged": names},
+                                                  name=AVERAGE)
+        result = TrainResult(self.run_dir.path, self.step, self.elapsed,
+                             count_parameters(self.model), self.best_valid, chosen,
+                             skipped=self.skipped)
+        self.run_dir.log({"event": "end", "step": self.step, "elapsed": self.elapsed,
+                          "parameters": result.parameters, **scores,
+                          "best_valid_loss": self.best_valid, "checkpoint": chosen.name,
+                          "skipped": self.skipped})
         return result
 
 
-# ----------------------------------------------------------------------------- run directory
-
-def log_metrics(run_dir: Path, record: dict[str, Any]) -> None:
-    with open(run_dir / METRICS, "a", encoding="utf-8") as f:
-        f.write(json.dumps({"time": round(time.time(), 3), **record}) + "\n")
-
-
-def _truncate_metrics(run_dir: Path, step: int) -> None:
-    """Drop metrics written after the checkpoint a resumed run restarts from."""
-    path = run_dir / METRICS
-    if not path.exists():
-        return
-    kept = [line for line in path.read_text(encoding="utf-8").splitlines()
-            if line.strip() and json.loads(line).get("step", 0) <= step]
-    path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
-
+# ----------------------------------------------------------------------------- the API
 
 def _encode(corpus: ParallelCorpus, vocab: Vocab, max_len: int, what: str,
             console: Console) -> tuple[list[Pair], int]:
@@ -494,157 +296,65 @@ def train(arch: Architecture | None, out: str | Path, config: TrainConfig | None
           overrides: dict[str, Any] | None = None, progress: bool = True,
           console: Console | None = None, vocab_cache: str | Path | None = None,
           corpora: tuple[ParallelCorpus, ParallelCorpus] | None = None) -> TrainResult:
-    """Train ``arch`` into run directory ``out``; ``resume=True`` continues the run there.
+    """Train ``arch`` into a new run directory ``out``, or continue the run there.
 
-    ``overrides`` replace fields of ``config`` (default: the ``tiny`` preset). On resume the
-    recorded architecture, config and data are used, and ``overrides`` may change only
-    how long to train and where: ``steps``, ``minutes``, ``average_last``, ``device``.
-    ``corpora`` passes already loaded (train, valid) corpora instead of ``data``.
+    ``config`` defaults to the ``tiny`` preset; ``overrides`` replace its fields by (dotted)
+    name. ``resume=True`` continues the recorded run: its architecture, config and data, of
+    which only ``nasframe.resume.TRAIN_RESUMABLE`` fields may change (others are refused with
+    the list of differences). ``corpora`` passes already loaded (train, valid) corpora.
     """
-    run_dir = Path(out)
     console = console or Console(stderr=True)
-    overrides = dict(overrides or {})
     if resume:
-        arch, config, data = _resume_setup(run_dir, arch, data, overrides)
+        run = RunDir.resume(out, RunKind.TRAIN)
+        arch, config, data = _resumed_setup(run, arch, config, data, overrides or {})
     else:
-        _check_fresh(run_dir)
+        RunDir.check_new(out, RunKind.TRAIN)  # before any work: a refused --out costs nothing
         if arch is None:
             raise ConfigError("train: an architecture is needed (--arch arch.json)")
-        config = config or TrainConfig.preset_config("tiny")
-        if overrides:
-            config = TrainConfig(**{**config.model_dump(), **overrides})
+        config = apply_overrides(config or TrainConfig.preset_config("tiny"), overrides or {})
         data = (data or DataSpec()).absolute()
     train_corpus, valid_corpus = corpora or load_data(data, config.seed)
-    vocab = _run_vocab(run_dir, train_corpus, config, resume, vocab_cache)
+    if resume:
+        vocab = Vocab.load(run.file(VOCAB))
+    else:
+        vocab = get_or_train_vocab(train_corpus, vocab_cache or cache_dir(), config.vocab_size)
     train_pairs, dropped_train = _encode(train_corpus, vocab, config.max_len, "train", console)
     valid_pairs, dropped_valid = _encode(valid_corpus, vocab, config.max_len, "valid", console)
     if not resume:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        arch.save(run_dir / ARCH)
-        (run_dir / METRICS).unlink(missing_ok=True)
-    atomic_write_text(json.dumps({"train": config.model_dump(mode="json"),
-                                  "data": data.model_dump(mode="json")}, indent=2) + "\n",
-                      run_dir / CONFIG)
-    trainer = Trainer(run_dir, config, arch, len(vocab), train_pairs, valid_pairs, console,
-                      progress)
+        run = RunDir.create(out, RunKind.TRAIN, {"architecture": arch.space.name})
+        arch.save(run.file(ARCH))
+        vocab.save(run.file(VOCAB))
+    run.write_json("config.json", {"train": config.model_dump(mode="json"),
+                                   "data": data.model_dump(mode="json")})
+    trainer = Trainer(run, config, arch, len(vocab), train_pairs, valid_pairs, console, progress)
     if resume:
-        state = load_checkpoint(run_dir / "checkpoints" / LAST)
-        trainer.load_state_dict(state)
-        _truncate_metrics(run_dir, trainer.step)
-        console.print(f"resumed {run_dir} at step {trainer.step:,}")
+        trainer.load_state_dict(run.load())
+        run.truncate_metrics(trainer.step)
+        console.print(f"resumed {run.path} at update {trainer.step:,}")
+    record_session(run, trainer.step, 1, str(trainer.device), console)
     dropped = {"train": dropped_train, "valid": dropped_valid}
-    log_metrics(run_dir, {"event": "data", "step": trainer.step, "train_pairs": len(train_pairs),
-                          "valid_pairs": len(valid_pairs), "dropped_train": dropped_train,
-                          "dropped_valid": dropped_valid, "max_len": config.max_len,
-                          "vocab_size": len(vocab),
-                          "parameters": count_parameters(trainer.model)})
+    run.log({"event": "data", "step": trainer.step, "train_pairs": len(train_pairs),
+             "valid_pairs": len(valid_pairs), "dropped_train": dropped_train,
+             "dropped_valid": dropped_valid, "max_len": config.max_len,
+             "vocab_size": len(vocab), "parameters": count_parameters(trainer.model),
+             "threads": torch.get_num_threads()})
     console.print(f"model: {count_parameters(trainer.model):,} parameters on {trainer.device}")
     result = trainer.run()
     result.dropped = dropped
     return result
 
 
-def _check_fresh(run_dir: Path) -> None:
-    if (run_dir / "checkpoints" / LAST).exists():
-        raise CheckpointError(f"{run_dir} already holds a training run; pass --resume to "
-                              "continue it or choose another --out")
-
-
-RESUMABLE = ("steps", "minutes", "average_last", "device")
-
-
-def _resume_setup(run_dir: Path, arch: Architecture | None, data: DataSpec | None,
-                  overrides: dict[str, Any]) -> tuple[Architecture, TrainConfig, DataSpec]:
-    if not (run_dir / "checkpoints" / LAST).exists():
-        raise CheckpointError(f"{run_dir}: nothing to resume (no checkpoints/{LAST})")
-    recorded = _read_run_config(run_dir)
-    saved_arch = Architecture.load(run_dir / ARCH)
+def _resumed_setup(run: RunDir, arch: Architecture | None, config: TrainConfig | None,
+                   data: DataSpec | None, overrides: dict[str, Any]
+                   ) -> tuple[Architecture, TrainConfig, DataSpec]:
+    recorded, saved_data = read_train_config(run)
+    saved_arch = Architecture.load(run.file(ARCH))
     if arch is not None and arch.choices != saved_arch.choices:
-        raise CheckpointError(f"{run_dir} was trained with another architecture; "
-                              "resume without --arch or choose another --out")
-    refused = sorted(k for k, v in overrides.items()
-                     if k not in RESUMABLE and recorded["train"].get(k) != v)
-    if refused:
-        raise ConfigError(f"--resume continues the recorded config; only {', '.join(RESUMABLE)} "
-                          f"may change, not {', '.join(refused)}")
-    config = TrainConfig(**{**recorded["train"], **overrides})
-    saved_data = DataSpec(**recorded["data"])
+        raise RunDirError(f"{run.path} was trained with another architecture; resume without "
+                          "--arch or choose another --out")
     if data is not None and data != DataSpec() and data.absolute() != saved_data:
-        raise CheckpointError(f"{run_dir} was trained on other data ({saved_data.model_dump()}); "
-                              "resume without data options")
+        raise RunDirError(f"{run.path} was trained on other data ({saved_data.model_dump()}); "
+                          "resume without data options")
+    config = resume_config(recorded, requested=config, overrides=overrides,
+                           allowed=TRAIN_RESUMABLE, where=f"{run.path}: --resume")
     return saved_arch, config, saved_data
-
-
-def _read_run_config(run_dir: Path) -> dict[str, Any]:
-    path = run_dir / CONFIG
-    if not path.is_file():
-        raise CheckpointError(f"{run_dir}: not a training run directory (no {CONFIG})")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise CheckpointError(f"{path}: not valid JSON ({err})") from None
-
-
-def _run_vocab(run_dir: Path, corpus: ParallelCorpus, config: TrainConfig, resume: bool,
-               vocab_cache: str | Path | None) -> Vocab:
-    """The run's vocabulary: its own copy on resume, else the cached one for this corpus."""
-    if resume:
-        return Vocab.load(run_dir / VOCAB)
-    vocab = get_or_train_vocab(corpus, vocab_cache or cache_dir(), config.vocab_size)
-    vocab.save(run_dir / VOCAB)
-    return Vocab.load(run_dir / VOCAB)
-
-
-# ----------------------------------------------------------------------------- loading a run
-
-@dataclass
-class LoadedRun:
-    """A trained model ready to translate, with what it needs from its run directory."""
-
-    model: Supernet
-    vocab: Vocab
-    config: TrainConfig
-    data: DataSpec
-    arch: Architecture
-    checkpoint: Path
-
-
-def load_run(run_dir: str | Path, checkpoint: str = "auto", device: str | None = None
-             ) -> LoadedRun:
-    """Load a run directory's model in eval mode.
-
-    ``checkpoint``: ``auto`` (averaged if present, else best, else last), ``avg``, ``best``,
-    ``last``, or a file name in ``checkpoints/``.
-    """
-    run_dir = Path(run_dir)
-    recorded = _read_run_config(run_dir)
-    config = TrainConfig(**recorded["train"])
-    arch = Architecture.load(run_dir / ARCH)
-    vocab = Vocab.load(run_dir / VOCAB)
-    path = _choose_checkpoint(run_dir / "checkpoints", checkpoint)
-    model = build_model(arch, config.model, len(vocab))
-    model.load_state_dict(load_checkpoint(path)["model"])
-    model.to(resolve_device(device or config.device)).eval()
-    return LoadedRun(model, vocab, config, DataSpec(**recorded["data"]), arch, path)
-
-
-def _choose_checkpoint(folder: Path, which: str) -> Path:
-    named = {"avg": AVERAGE, "best": BEST, "last": LAST}
-    if which == "auto":
-        for name in (AVERAGE, BEST, LAST):
-            if (folder / name).is_file():
-                return folder / name
-        raise CheckpointError(f"{folder}: no checkpoint yet (is training still starting?)")
-    path = folder / named.get(which, which)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such checkpoint")
-    return path
-
-
-def iter_metrics(run_dir: str | Path) -> Iterator[dict[str, Any]]:
-    """The records of a run's metrics.jsonl, in order."""
-    path = Path(run_dir) / METRICS
-    if path.exists():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            if line.strip():
-                yield json.loads(line)

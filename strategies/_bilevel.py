@@ -10,6 +10,7 @@ gradient by DARTS' unrolled one (see ``_unrolled_alpha_grads``).
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator, Sequence
 from typing import Any, ClassVar
 
@@ -19,6 +20,7 @@ from torch import Tensor
 from nasframe.architecture import Architecture, derive
 from nasframe.data import Batch
 from nasframe.strategies._common import (
+    all_finite,
     alpha_optimizer,
     assign_grads,
     frozen,
@@ -70,7 +72,10 @@ class BilevelDarts:
             grads, loss = gradients(loss_t, self.alphas), float(loss_t.detach())
         assign_grads(self.alphas, grads)
         self.ctx.sync_grads(self.alphas)
-        self.a_opt.step()
+        if all_finite([a.grad for a in self.alphas]):  # else skipped; the executor decides
+            self.a_opt.step()
+        else:
+            loss = math.nan
         self.a_opt.zero_grad(set_to_none=True)
         return loss
 

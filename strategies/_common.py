@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator, Sequence
 
 import torch
@@ -67,11 +68,17 @@ def frozen(params: Sequence[Tensor]) -> Iterator[None]:
 def weight_update(ctx: SearchContext, weights: Sequence[Tensor], loss: Tensor, opt: Adam,
                   schedule: LambdaLR) -> float:
     """One update of w on ``loss``: gradients, DDP averaging, clipping, Adam, the schedule.
-    Returns the gradient norm before clipping."""
+    Returns the gradient norm before clipping; a non-finite norm skips the update."""
     assign_grads(weights, gradients(loss, weights))
     ctx.sync_grads(weights)
     norm = clip(weights, ctx.config.optim.clip_norm)
-    opt.step()
-    schedule.step()
+    if math.isfinite(norm):  # else skipped: w, Adam's moments and the schedule stay put,
+        opt.step()           # and the non-finite norm tells the executor
+        schedule.step()
     opt.zero_grad(set_to_none=True)
     return norm
+
+
+def all_finite(grads: Sequence[Tensor | None]) -> bool:
+    """Whether every gradient is finite (None counts as finite: nothing to apply)."""
+    return all(g is None or bool(torch.isfinite(g).all()) for g in grads)

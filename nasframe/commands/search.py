@@ -26,6 +26,7 @@ __all__ = ["register"]
 _FLAG_KEYS = {
     "steps": "steps", "seed": "seed", "checkpoint_every": "checkpoint_every",
     "log_every": "log_every", "keep_checkpoints": "keep_checkpoints", "device": "device",
+    "skip_nonfinite": "skip_nonfinite",
     "dtype": "dtype", "data": "data.source", "vocab_size": "data.vocab_size",
     "max_tokens": "data.max_tokens", "d_model": "model.d_model", "embed_dim": "model.embed_dim",
     "blocks": "model.blocks", "dropout": "model.dropout", "memory_saving": "model.memory_saving",
@@ -45,7 +46,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("derive", help="derive the architecture of a search checkpoint",
                               description="Rebuild a search checkpoint, derive its "
                               "architecture, print it and write it as JSON.")
-    p.add_argument("checkpoint", type=Path, help="runs/x/checkpoint_N.pt")
+    p.add_argument("checkpoint", type=Path, help="runs/x/checkpoints/checkpoint_N.pt, or a "
+                   "search run directory (its newest checkpoint)")
     p.add_argument("--out", type=Path, default=None,
                    help="architecture JSON to write (default: next to the checkpoint, "
                         "checkpoint_N.arch.json)")
@@ -82,8 +84,10 @@ def _register_search(subparsers: argparse._SubParsersAction) -> None:
                           "[evolution] sections)")
     run.add_argument("--out", type=Path, required=True, help="run directory")
     run.add_argument("--resume", action="store_true",
-                     help="continue the run in --out from its latest checkpoint (its "
-                          "config.json and space.json; flags given here still override)")
+                     help="continue the run in --out from its latest checkpoint with its "
+                          "recorded config, space and strategy; only --steps, "
+                          "--checkpoint-every, --log-every, --keep-checkpoints, --device and "
+                          "--skip-nonfinite may change")
     run.add_argument("--no-progress", dest="progress", action="store_false",
                      help="no progress bar")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -102,6 +106,9 @@ def _register_search(subparsers: argparse._SubParsersAction) -> None:
     loop.add_argument("--log-every", type=int, default=None, help="updates between metrics")
     loop.add_argument("--keep-checkpoints", type=int, default=None,
                       help="keep only the newest K checkpoint files")
+    loop.add_argument("--skip-nonfinite", type=int, default=None, metavar="N",
+                      help="skip up to N batches with a non-finite loss or gradient (w and "
+                           "alpha unchanged) instead of stopping at the first")
     loop.add_argument("--seed", type=int, default=None, help="seed of weights, data order, "
                       "sampling and evolution")
     loop.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:N")
@@ -151,21 +158,24 @@ def _add_preset_values(parser: argparse.ArgumentParser) -> None:
 
 # ----------------------------------------------------------------------------- search
 
-def search_config(args: argparse.Namespace) -> SearchConfig:
-    """Preset < TOML < flags (< --set); on --resume the run's config.json is the base."""
-    recorded = args.out / "config.json"
-    if args.resume and recorded.is_file():
-        cfg = SearchConfig.from_json(recorded.read_text(encoding="utf-8"), where=str(recorded))
-    elif args.config is not None:
-        base = SearchConfig.preset_config(args.preset) if args.preset else None
-        cfg = load_config(args.config, base)
-    else:
-        cfg = SearchConfig.preset_config(args.preset or "paper")
+def flag_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The settings given as flags and ``--set``, by dotted name."""
     overrides: dict[str, Any] = {key: getattr(args, dest) for dest, key in _FLAG_KEYS.items()
                                  if getattr(args, dest) is not None}
     if args.strategy is not None:
         overrides["strategy"] = args.strategy
     overrides.update(parse_assignment(text) for text in args.set)
+    return overrides
+
+
+def search_config(args: argparse.Namespace) -> SearchConfig:
+    """Preset < TOML < flags (< --set)."""
+    if args.config is not None:
+        base = SearchConfig.preset_config(args.preset) if args.preset else None
+        cfg = load_config(args.config, base)
+    else:
+        cfg = SearchConfig.preset_config(args.preset or "paper")
+    overrides = flag_overrides(args)
     return apply_overrides(cfg, overrides) if overrides else cfg
 
 
@@ -173,9 +183,6 @@ def _space(args: argparse.Namespace, cfg: SearchConfig) -> Any:
     from nasframe.search import resolve_space
     from nasframe.strategy import get_strategy
 
-    recorded = args.out / "space.json"
-    if args.resume and recorded.is_file() and args.space is None:
-        return resolve_space(recorded)
     options = dict(parse_assignment(o) for o in args.space_option)
     name = args.space or cfg.space or get_strategy(cfg.strategy).default_space
     if options and (str(name).endswith(".json") or Path(str(name)).is_file()):
@@ -186,12 +193,19 @@ def _space(args: argparse.Namespace, cfg: SearchConfig) -> Any:
 def _search(args: argparse.Namespace) -> int:
     from nasframe.search import search
 
-    cfg = search_config(args)
-    space = _space(args, cfg)
-    if args.space is not None:
-        cfg = apply_overrides(cfg, {"space": str(args.space)})
-    result = search(space, cfg.strategy, config=cfg, out=args.out, resume=args.resume,
-                    progress=args.progress)
+    if args.resume:  # the run's recorded config, space and strategy; flags may change a few
+        requested = search_config(args) if (args.preset or args.config) else None
+        space = _space(args, requested or SearchConfig()) if args.space else None
+        overrides = flag_overrides(args)
+        overrides.pop("strategy", None)
+        result = search(space, args.strategy, config=requested, out=args.out, resume=True,
+                        overrides=overrides, progress=args.progress)
+    else:
+        cfg = search_config(args)
+        space = _space(args, cfg)
+        if args.space is not None:
+            cfg = apply_overrides(cfg, {"space": str(args.space)})
+        result = search(space, cfg.strategy, config=cfg, out=args.out, progress=args.progress)
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun only rank 0 reports
         return 0
     console = Console()
@@ -199,7 +213,7 @@ def _search(args: argparse.Namespace) -> int:
     for arch, score in result.candidates[1:]:
         console.print(f"candidate (search-valid loss {score:.4f}): "
                       + ", ".join(f"{n}={op}" for n, op in arch.choices.items()))
-    console.print(f"run directory: {args.out}  (arch.json, metrics.jsonl, checkpoints)")
+    console.print(f"run directory: {args.out}  (arch.json, metrics.jsonl, checkpoints/)")
     return 0
 
 
@@ -226,7 +240,11 @@ def _derive(args: argparse.Namespace) -> int:
     from nasframe.search import derive_checkpoint
 
     arch = derive_checkpoint(args.checkpoint)
-    out = args.out or args.checkpoint.with_name(args.checkpoint.stem + ".arch.json")
+    source = args.checkpoint
+    if source.is_dir():
+        out = args.out or source / "arch_derived.json"
+    else:
+        out = args.out or source.with_name(source.stem + ".arch.json")
     arch.save(out)
     Console().print(arch.table())
     print(f"wrote {out}")

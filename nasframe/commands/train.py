@@ -11,8 +11,10 @@ from pathlib import Path
 from rich.console import Console
 
 import nasframe as nf
+from nasframe.config import TRAIN_PRESETS, TrainConfig
+from nasframe.data import DataSpec
 from nasframe.errors import SpaceError
-from nasframe.train import TRAIN_PRESETS, DataSpec, TrainConfig, train
+from nasframe.train import train
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -26,7 +28,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="model size and schedule (default: tiny, CPU minutes)")
     p.add_argument("--steps", type=int, help="stop after this many updates")
     p.add_argument("--minutes", type=float, help="stop after this much wall-clock time")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out exactly")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out exactly, with its recorded architecture, "
+                        "data and config; only --steps, --minutes, --checkpoint-every, "
+                        "--average-last, --device and --skip-nonfinite may change")
     p.add_argument("--average-last", type=int, metavar="K",
                    help="also write the average of the last K checkpoints (and use it)")
     p.add_argument("--max-tokens", type=int, help="token budget of a batch")
@@ -35,6 +40,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint-every", type=int, help="updates between checkpoints")
     p.add_argument("--max-len", type=int, help="drop pairs longer than this (default 250)")
     p.add_argument("--vocab-size", type=int, help="joint sentencepiece vocabulary size")
+    p.add_argument("--skip-nonfinite", type=int, metavar="N",
+                   help="skip up to N batches with a non-finite loss or gradient instead of "
+                        "stopping at the first (default 0)")
     p.add_argument("--seed", type=int)
     p.add_argument("--device", help="auto (default), cpu, cuda, cuda:1, ...")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -74,7 +82,8 @@ def run(args: argparse.Namespace) -> int:
     given = {"steps": args.steps, "minutes": args.minutes, "average_last": args.average_last,
              "device": args.device, "max_tokens": args.max_tokens, "lr": args.lr,
              "warmup": args.warmup, "checkpoint_every": args.checkpoint_every,
-             "max_len": args.max_len, "vocab_size": args.vocab_size, "seed": args.seed}
+             "max_len": args.max_len, "vocab_size": args.vocab_size, "seed": args.seed,
+             "skip_nonfinite": args.skip_nonfinite}
     overrides = {k: v for k, v in given.items() if v is not None}
     if args.minutes is not None and args.steps is None:
         overrides["steps"] = None  # the time budget alone decides
