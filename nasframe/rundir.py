@@ -68,10 +68,14 @@ def load_checkpoint(path: str | Path, kind: RunKind | None = None) -> dict[str, 
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        first = str(err).strip().splitlines()[-1][:200] if str(err).strip() else ""
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+        if found is None:  # not a pickle of anything we know: damaged or another format
+            raise CheckpointError(f"{path}: not a readable checkpoint (damaged, or not written "
+                                  "by torch.save)") from None
         raise CheckpointError(
-            f"{path}: refused: it holds objects other than tensors and plain data, which "
-            f"could run code when loaded (weights_only loading: {first})") from None
+            f"{path}: refused: it holds objects other than tensors and plain data "
+            f"({found.group(1)}), which could run code when loaded; nasframe loads checkpoints "
+            "with weights_only=True only") from None
     except Exception as err:  # torch raises RuntimeError, EOFError, zipfile errors, ...
         raise CheckpointError(f"{path}: not a readable checkpoint ({type(err).__name__}: "
                               f"{str(err)[:200]})") from None
@@ -154,9 +158,10 @@ class RunDir:
     kind: RunKind
 
     # -- opening ----------------------------------------------------------------------------
-    @staticmethod
-    def check_new(path: str | Path, kind: RunKind) -> None:
-        """Raise unless a new ``kind`` run may be created in ``path`` (new or empty folder)."""
+    @classmethod
+    def check_new(cls, path: str | Path, kind: RunKind) -> None:
+        """Raise unless a new ``kind`` run may be created in ``path``: a new or empty folder,
+        or a ``kind`` run killed before its first checkpoint (nothing of it is worth keeping)."""
         path = Path(path)
         if path.exists() and not path.is_dir():
             raise RunDirError(f"{path}: exists and is not a folder; choose a new --out")
@@ -168,8 +173,10 @@ class RunDir:
             if recorded != kind:
                 raise RunDirError(f"{path}: holds " + _HINT[recorded].format(path=path)
                                   + f"; a {kind} run would overwrite it. Choose another --out")
-            raise RunDirError(f"{path}: already holds a {kind} run; continue it with --resume "
-                              "or choose another --out")
+            if cls(path, kind).latest() is not None:
+                raise RunDirError(f"{path}: already holds a {kind} run; continue it with "
+                                  "--resume or choose another --out")
+            # else a run of ours that stopped before its first checkpoint: start it over
 
     @classmethod
     def create(cls, path: str | Path, kind: RunKind, info: Mapping[str, Any] | None = None
@@ -179,6 +186,7 @@ class RunDir:
         cls.check_new(path, kind)
         path.mkdir(parents=True, exist_ok=True)
         run = cls(path, kind)
+        clean_temporaries(path)
         atomic_write_text("", run.metrics_path)
         run.write_json(RUN_FILE, {"kind": str(kind), "created": time.time(), **(info or {})})
         return run
