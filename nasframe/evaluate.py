@@ -40,7 +40,8 @@ def translate_with_progress(model: Supernet, vocab: Vocab, sentences: Sequence[s
                             options: DecodeOptions, console: Console | None = None,
                             progress: bool = True, max_source_len: int = 250,
                             description: str = "translate") -> list[str]:
-    """``decode.translate`` with a progress bar over sentences."""
+    """Detokenised translations of ``sentences`` (cut at ``max_source_len`` subwords: the model
+    never saw longer ones), with a progress bar over sentences."""
     model.eval()
     sources = [ids[:max_source_len] for ids in vocab.encode_many(list(sentences))]
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),

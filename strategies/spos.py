@@ -41,7 +41,7 @@ class Spos:
         net = ctx.supernet
         for a in net.arch_parameters():  # no alphas: nothing may train or decay them
             a.requires_grad_(False)
-        net.set_mode("sampled")
+        net.set_mode("single")
         self.weights = [p for p in net.weight_parameters() if p.requires_grad]
         self.w_opt, self.w_sched = weight_optimizer(self.weights, ctx.config.optim)
         # Seeded alike on every DDP process: all ranks train the same path, so their
@@ -77,10 +77,10 @@ class Spos:
         # Its own seeded RNG: deriving at a checkpoint must not change the training that
         # follows, or a resumed run would differ from an uninterrupted one.
         try:
-            net.set_mode("fixed")
+            net.set_mode("single")
             self.top = evolve(self.space, SupernetLoss(self.ctx), cfg, random.Random(seed))
         finally:
-            net.set_mode("sampled")
+            net.set_mode("single")
         self.evolved_at = self.ctx.step
 
     # -- state ------------------------------------------------------------------------------
