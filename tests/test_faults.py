@@ -401,13 +401,20 @@ def test_bad_invocations_are_one_error_line(trained, searched, tmp_path, capsys)
         (["search", "--preset", "tiny", "--space-option", "nope=1", "--out",
           str(tmp_path / "x")], "has no option 'nope'"),
         (["derive", str(trained)], "training run"),
+        (["search", "--out", str(searched), "--resume", "--d-model", "96"],
+         "model.d_model: recorded 48, given 96"),
+        (["search", "--out", str(searched), "--resume", "--lr", "0.5"],
+         "optim.lr: recorded 0.01, given 0.5"),
+        (["train", "--out", str(trained), "--resume", "--lr", "0.5"], "lr: recorded 0.001"),
         (["show", str(tmp_path / "nope.json")], "nope.json"),
     ]
+    before = {d: tree_digest(d) for d in (trained, searched)}
     for args, expected in cases:
         assert main(args) == 2, args
         err = capsys.readouterr().err
         assert err.count("error:") == 1 and expected in err and "Traceback" not in err, \
             (args, err)
+    assert {d: tree_digest(d) for d in (trained, searched)} == before  # refused: untouched
 
 
 def test_translate_writes_one_line_per_input_line(trained, tmp_path, capsys):
