@@ -30,6 +30,7 @@ import torch
 from torch import Tensor
 
 from nasframe.errors import CheckpointError, NonFiniteError, RunDirError
+from nasframe.plugins import reimport, save_imports
 from nasframe.runtime import atomic_save, atomic_write_text, clean_temporaries
 
 __all__ = ["CHECKPOINT_FORMAT", "RunDir", "RunKind", "average_states", "check_finite",
@@ -188,7 +189,8 @@ class RunDir:
         run = cls(path, kind)
         clean_temporaries(path)
         atomic_write_text("", run.metrics_path)
-        run.write_json(RUN_FILE, {"kind": str(kind), "created": time.time(), **(info or {})})
+        run.write_json(RUN_FILE, {"kind": str(kind), "created": time.time(),
+                                  "imports": save_imports(path), **(info or {})})
         return run
 
     @classmethod
@@ -204,7 +206,9 @@ class RunDir:
         if recorded != kind:
             raise RunDirError(f"{path}: is " + _HINT[recorded].format(path=path)
                               + f"; to {purpose} it must be a {kind} run")
-        return cls(path, kind)
+        run = cls(path, kind)
+        reimport(run.info().get("imports", []), path)  # the user's ops and spaces
+        return run
 
     @classmethod
     def resume(cls, path: str | Path, kind: RunKind) -> RunDir:

@@ -30,6 +30,7 @@ from nasframe.data import (
 )
 from nasframe.errors import ConfigError, DataError, RunDirError
 from nasframe.executor import Executor, SearchResult, World
+from nasframe.plugins import import_user_code
 from nasframe.resume import SEARCH_RESUMABLE, resume_config
 from nasframe.rundir import RunDir, RunKind, load_checkpoint
 from nasframe.runtime import resolve_device, seed_everything
@@ -141,7 +142,24 @@ def resolve_space(space: SearchSpace | str | Path, **options: Any) -> SearchSpac
         if not Path(text).is_file():
             raise ConfigError(f"space: {text}: no such file")
         return SearchSpace.from_json(Path(text))
+    if ":" in text:
+        return _space_attribute(text, options)
     return spaces.get(text, **options)
+
+
+def _space_attribute(text: str, options: dict[str, Any]) -> SearchSpace:
+    """``package.module:NAME``: a SearchSpace, or a factory called with ``options``."""
+    module, _, attribute = text.partition(":")
+    value = getattr(import_user_code(module), attribute, None)
+    if value is None:
+        raise ConfigError(f"space {text}: module {module!r} has no attribute {attribute!r}")
+    if callable(value) and not isinstance(value, SearchSpace):
+        value = value(**options)
+    elif options:
+        raise ConfigError(f"space {text}: a SearchSpace object takes no options")
+    if not isinstance(value, SearchSpace):
+        raise ConfigError(f"space {text}: is a {type(value).__name__}, not a SearchSpace")
+    return value
 
 
 

@@ -23,6 +23,10 @@ def names() -> list[str]:
 
 def get(name: str, **options: object) -> SearchSpace:
     """The built-in space ``name``; ``options`` go to its factory (e.g. ``layers=1``)."""
+    if name not in _SPACES:  # perhaps an installed package registers it
+        from nasframe.plugins import load_entry_points
+
+        load_entry_points("nasframe.spaces")
     if name not in _SPACES:
         raise SpaceError(f"unknown space {name!r}; known spaces: {', '.join(names())}")
     factory = _SPACES[name]

@@ -12,8 +12,10 @@ from rich.table import Table
 
 from nasframe.architecture import Architecture
 from nasframe.config import (
+    PRESET_HELP,
     SearchConfig,
     apply_overrides,
+    default_preset,
     load_config,
     parse_assignment,
     preset_names,
@@ -78,7 +80,9 @@ def _register_search(subparsers: argparse._SubParsersAction) -> None:
                      help="registered strategy (see 'nasframe strategies'; default "
                           "darts-reversible)")
     run.add_argument("--preset", choices=preset_names(), default=None,
-                     help="settings to start from (default: the TOML's preset, else paper)")
+                     help="settings to start from: " + "; ".join(
+                         f"{k} ({PRESET_HELP[k]})" for k in preset_names())
+                     + " (default: the TOML's preset, else tiny on a CPU and small on a GPU)")
     run.add_argument("--config", type=Path, default=None, metavar="FILE.toml",
                      help="TOML settings over the preset ([model], [data], [optim], "
                           "[evolution] sections)")
@@ -174,7 +178,12 @@ def search_config(args: argparse.Namespace) -> SearchConfig:
         base = SearchConfig.preset_config(args.preset) if args.preset else None
         cfg = load_config(args.config, base)
     else:
-        cfg = SearchConfig.preset_config(args.preset or "paper")
+        preset = args.preset
+        if preset is None:
+            preset = default_preset(args.device or "auto")
+            Console(stderr=True).print(f"preset: {preset} ({PRESET_HELP[preset]}; chosen for "
+                                       "this machine, --preset to change)")
+        cfg = SearchConfig.preset_config(preset)
     overrides = flag_overrides(args)
     return apply_overrides(cfg, overrides) if overrides else cfg
 

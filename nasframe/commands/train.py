@@ -11,7 +11,14 @@ from pathlib import Path
 from rich.console import Console
 
 import nasframe as nf
-from nasframe.config import TRAIN_PRESETS, TrainConfig
+from nasframe.config import (
+    PRESET_HELP,
+    TRAIN_PRESETS,
+    TrainConfig,
+    default_preset,
+    load_config,
+    parse_assignment,
+)
 from nasframe.data import DataSpec
 from nasframe.errors import SpaceError
 from nasframe.train import train
@@ -24,8 +31,14 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "the name of a space without choices such as 'transformer'")
     p.add_argument("--out", required=True, help="run directory")
     add_data_arguments(p, valid=True)
-    p.add_argument("--preset", default="tiny", choices=list(TRAIN_PRESETS),
-                   help="model size and schedule (default: tiny, CPU minutes)")
+    p.add_argument("--preset", default=None, choices=list(TRAIN_PRESETS),
+                   help="model size and schedule: " + "; ".join(
+                       f"{k} ({PRESET_HELP[k]})" for k in TRAIN_PRESETS)
+                   + " (default: tiny on a CPU, small on a GPU)")
+    p.add_argument("--config", type=Path, metavar="FILE.toml",
+                   help="TOML settings over the preset (top-level fields and [model])")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="any setting by its dotted name, e.g. model.d_model=96 (repeatable)")
     p.add_argument("--steps", type=int, help="stop after this many updates")
     p.add_argument("--minutes", type=float, help="stop after this much wall-clock time")
     p.add_argument("--resume", action="store_true",
@@ -34,6 +47,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "--average-last, --device and --skip-nonfinite may change")
     p.add_argument("--average-last", type=int, metavar="K",
                    help="also write the average of the last K checkpoints (and use it)")
+    p.add_argument("--d-model", type=int, help="hidden size d")
+    p.add_argument("--embed-dim", type=int, help="factorised embedding size E")
+    p.add_argument("--blocks", type=int, help="repeats of the architecture's block of layers")
+    p.add_argument("--dropout", type=float, help="dropout in every op")
     p.add_argument("--max-tokens", type=int, help="token budget of a batch")
     p.add_argument("--lr", type=float, help="peak learning rate")
     p.add_argument("--warmup", type=int, help="warmup updates")
@@ -75,22 +92,47 @@ def load_architecture(name: str) -> nf.Architecture:
     raise SpaceError(f"--arch {name}: no such file (nor a built-in space without choices)")
 
 
+#: flag dest -> dotted TrainConfig field
+_FLAG_KEYS = {
+    "steps": "steps", "minutes": "minutes", "average_last": "average_last",
+    "device": "device", "max_tokens": "max_tokens", "lr": "lr", "warmup": "warmup",
+    "checkpoint_every": "checkpoint_every", "max_len": "max_len", "vocab_size": "vocab_size",
+    "seed": "seed", "skip_nonfinite": "skip_nonfinite", "d_model": "model.d_model",
+    "embed_dim": "model.embed_dim", "blocks": "model.blocks", "dropout": "model.dropout",
+}
+
+
+def train_overrides(args: argparse.Namespace) -> dict[str, object]:
+    overrides = {key: getattr(args, dest) for dest, key in _FLAG_KEYS.items()
+                 if getattr(args, dest) is not None}
+    if args.minutes is not None and args.steps is None:
+        overrides["steps"] = None  # the time budget alone decides
+    overrides.update(parse_assignment(text) for text in args.set)
+    return overrides
+
+
+def train_config(args: argparse.Namespace, console: Console) -> TrainConfig:
+    """Preset (chosen by device when not given) < TOML < flags (< --set)."""
+    preset = args.preset
+    if preset is None and args.config is None:
+        preset = default_preset(args.device or "auto")
+        console.print(f"preset: {preset} ({PRESET_HELP[preset]}; chosen for this machine, "
+                      "--preset to change)")
+    if args.config is not None:
+        base = TrainConfig.preset_config(preset) if preset else None
+        return load_config(args.config, base, kind=TrainConfig)
+    return TrainConfig.preset_config(preset)
+
+
 def run(args: argparse.Namespace) -> int:
     console = Console(stderr=True)
     data = DataSpec(data=args.data, src=args.src, tgt=args.tgt,
                     valid=tuple(args.valid) if args.valid else None)
-    given = {"steps": args.steps, "minutes": args.minutes, "average_last": args.average_last,
-             "device": args.device, "max_tokens": args.max_tokens, "lr": args.lr,
-             "warmup": args.warmup, "checkpoint_every": args.checkpoint_every,
-             "max_len": args.max_len, "vocab_size": args.vocab_size, "seed": args.seed,
-             "skip_nonfinite": args.skip_nonfinite}
-    overrides = {k: v for k, v in given.items() if v is not None}
-    if args.minutes is not None and args.steps is None:
-        overrides["steps"] = None  # the time budget alone decides
     arch = load_architecture(args.arch) if args.arch else None
-    config = None if args.resume else TrainConfig.preset_config(args.preset)
-    result = train(arch, args.out, config, data, resume=args.resume, overrides=overrides,
-                   progress=not args.no_progress, console=console)
+    config = None if args.resume else train_config(args, console)
+    result = train(arch, args.out, config, data, resume=args.resume,
+                   overrides=train_overrides(args), progress=not args.no_progress,
+                   console=console)
     best = "-" if result.best_valid_loss is None else f"{result.best_valid_loss:.4f}"
     console.print(f"trained {result.steps:,} updates in {result.train_seconds / 60:.1f} min; "
                   f"best validation loss {best}; model: {result.checkpoint}", soft_wrap=True)
