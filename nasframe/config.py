@@ -14,6 +14,7 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from nasframe.data.spec import DataSpec
 from nasframe.errors import ConfigError, describe_validation_error
 from nasframe.supernet import ModelConfig
 
@@ -47,6 +48,19 @@ class DataConfig(_Section):
                                  "splits together")
     synthetic_len: tuple[int, int] = Field((4, 12), description="min and max length of a "
                                            "synthetic sequence")
+    src: str | None = Field(None, description="source side as a text file (with tgt: "
+                            "instead of source)")
+    tgt: str | None = Field(None, description="target side, aligned with src")
+    holdout: tuple[float, float] = Field((0.05, 0.05), description="valid and test fractions "
+                                         "held out of a corpus without splits (never searched)")
+    holdout_seed: int = Field(0, description="seed of that hold-out (the same for training)")
+
+    def spec(self) -> DataSpec:
+        """The real-text corpus this names, as training names it."""
+        if self.src is not None or self.tgt is not None:
+            return DataSpec(src=self.src, tgt=self.tgt, holdout=self.holdout,
+                            holdout_seed=self.holdout_seed)
+        return DataSpec(data=self.source, holdout=self.holdout, holdout_seed=self.holdout_seed)
 
 
 class WeightOptim(_Section):

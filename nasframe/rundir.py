@@ -34,7 +34,7 @@ from nasframe.plugins import reimport, save_imports
 from nasframe.runtime import atomic_save, atomic_write_text, clean_temporaries
 
 __all__ = ["CHECKPOINT_FORMAT", "RunDir", "RunKind", "average_states", "check_finite",
-           "divergence", "load_checkpoint", "read_metrics"]
+           "divergence", "import_recorded_code", "load_checkpoint", "read_metrics"]
 
 CHECKPOINT_FORMAT = 2
 RUN_FILE, CONFIG_FILE, METRICS_FILE, CHECKPOINTS = ("run.json", "config.json", "metrics.jsonl",
@@ -313,6 +313,18 @@ class RunDir:
         kept = [r for r in self.metrics() if int(r.get("step", 0)) <= step]
         atomic_write_text("".join(json.dumps(r) + "\n" for r in kept), self.metrics_path)
         return kept
+
+
+def import_recorded_code(folder: str | Path) -> None:
+    """If ``folder`` is a run directory, import the user's code it recorded (for commands
+    that read one of its files, such as ``train --arch RUN/arch.json``)."""
+    folder = Path(folder)
+    try:
+        info = json.loads((folder / RUN_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return
+    if isinstance(info, dict):
+        reimport(list(info.get("imports", [])), folder)
 
 
 def _recorded_kind(path: Path) -> RunKind | None:

@@ -22,9 +22,9 @@ from nasframe.data import (
     TokenBatcher,
     Vocab,
     cache_dir,
+    corpus_split,
     encode_corpus,
     get_or_train_vocab,
-    load_split,
     split_search,
     synthetic_pairs,
 )
@@ -32,7 +32,7 @@ from nasframe.errors import ConfigError, DataError, RunDirError
 from nasframe.executor import Executor, SearchResult, World
 from nasframe.plugins import import_user_code
 from nasframe.resume import SEARCH_RESUMABLE, resume_config
-from nasframe.rundir import RunDir, RunKind, load_checkpoint
+from nasframe.rundir import RunDir, RunKind, import_recorded_code, load_checkpoint
 from nasframe.runtime import resolve_device, seed_everything
 from nasframe.space import SearchSpace
 from nasframe.strategy import SearchContext, Strategy, get_strategy
@@ -78,7 +78,8 @@ class SearchData:
 
 def prepare_data(config: SearchConfig, world: World | None = None, vocab: Vocab | None = None
                  ) -> SearchData:
-    """``config.data.source``: ``synthetic:TASK``, ``lohelp`` or a TSV corpus (its train split).
+    """``config.data``: ``synthetic:TASK``, ``lohelp``, a TSV corpus or ``src``/``tgt`` files
+    (the train split; a corpus without splits has its valid and test parts held out).
 
     Real text gets the joint sentencepiece vocabulary of the training split, from the cache
     (``$NASFRAME_CACHE``, trained there on first use) unless ``vocab`` is given (a resumed
@@ -96,7 +97,7 @@ def prepare_data(config: SearchConfig, world: World | None = None, vocab: Vocab 
                                 seed=config.seed + 7919)
         return SearchData.from_pairs(train, valid, dc.vocab_size, config, world,
                                      f"synthetic {task}: {len(train)} + {len(valid)} pairs")
-    corpus = load_split(dc.source, "train")
+    corpus = corpus_split(dc.spec(), "train")  # a corpus without splits: its held-out rest
     search_train, search_valid = split_search(corpus, dc.split, seed=config.seed)
     if vocab is None:
         if not world.main:
@@ -304,12 +305,13 @@ def derive_checkpoint(path: str | Path) -> Architecture:
         if latest is None:
             raise RunDirError(f"{path}: no checkpoint yet")
         path = latest
+    run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
+    import_recorded_code(run_dir)
     ckpt = load_checkpoint(path, RunKind.SEARCH)
     cfg = SearchConfig.from_json(ckpt["config"], where=f"{path}: config")
     space = SearchSpace.from_json(ckpt["space"])
     net = build_supernet(space, cfg, int(ckpt["vocab_size"]))
     strat = get_strategy(ckpt["strategy_name"])()
-    run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
     ctx = SearchContext(net, cfg, valid_batches=_lazy_scoring(cfg, run_dir))
     strat.setup(ctx)
     net.load_state_dict(ckpt["model"])

@@ -313,7 +313,7 @@ def train(arch: Architecture | None, out: str | Path, config: TrainConfig | None
             raise ConfigError("train: an architecture is needed (--arch arch.json)")
         config = apply_overrides(config or TrainConfig.preset_config("tiny"), overrides or {})
         data = (data or DataSpec()).absolute()
-    train_corpus, valid_corpus = corpora or load_data(data, config.seed)
+    train_corpus, valid_corpus = corpora or load_data(data)
     if resume:
         vocab = Vocab.load(run.file(VOCAB))
     else:

@@ -11,7 +11,14 @@ import torch.nn.functional as F
 import nasframe as nf
 from nasframe.cli import main
 from nasframe.config import TrainConfig
-from nasframe.data import DataSpec, ParallelCorpus, load_data, load_split, write_tsv
+from nasframe.data import (
+    DataSpec,
+    ParallelCorpus,
+    corpus_split,
+    load_data,
+    load_split,
+    write_tsv,
+)
 from nasframe.loading import load_run
 from nasframe.rundir import average_states, load_checkpoint
 from nasframe.runtime import inverse_sqrt, label_smoothed_loss
@@ -96,12 +103,18 @@ def test_config_needs_an_end_and_names_bad_fields():
         TrainConfig.preset_config("huge")
 
 
-def test_a_single_file_holds_out_validation_pairs(small_tsv):
-    train_corpus, valid = load_data(DataSpec(data=str(small_tsv)))
-    assert len(valid) == 6 and len(train_corpus) == 294
-    assert sorted(train_corpus.src + valid.src) == sorted(load_data(
-        DataSpec(data=str(small_tsv)), seed=5)[0].src + load_data(
-        DataSpec(data=str(small_tsv)), seed=5)[1].src)  # a partition, whatever the seed
+def test_a_single_file_holds_out_valid_and_test_pairs(small_tsv):
+    spec = DataSpec(data=str(small_tsv))
+    train_corpus, valid = load_data(spec)
+    test = corpus_split(spec, "test")
+    assert (len(train_corpus), len(valid), len(test)) == (270, 15, 15)
+    whole = load_split(str(small_tsv), "train")
+    assert sorted(train_corpus.src + valid.src + test.src) == sorted(whole.src)  # a partition
+    assert corpus_split(spec, "test").src == test.src  # the same every time
+    other = corpus_split(DataSpec(data=str(small_tsv), holdout_seed=1), "test")
+    assert other.src != test.src
+    with pytest.raises(nf.ConfigError, match="holdout"):
+        DataSpec(data=str(small_tsv), holdout=(0.6, 0.5))
 
 
 # ----------------------------------------------------------------------------- runs

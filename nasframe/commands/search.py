@@ -21,6 +21,7 @@ from nasframe.config import (
     preset_names,
 )
 from nasframe.errors import CheckpointError, ConfigError
+from nasframe.rundir import import_recorded_code
 
 __all__ = ["register"]
 
@@ -28,7 +29,8 @@ __all__ = ["register"]
 _FLAG_KEYS = {
     "steps": "steps", "seed": "seed", "checkpoint_every": "checkpoint_every",
     "log_every": "log_every", "keep_checkpoints": "keep_checkpoints", "device": "device",
-    "skip_nonfinite": "skip_nonfinite",
+    "skip_nonfinite": "skip_nonfinite", "src": "data.src", "tgt": "data.tgt",
+    "holdout": "data.holdout",
     "dtype": "dtype", "data": "data.source", "vocab_size": "data.vocab_size",
     "max_tokens": "data.max_tokens", "d_model": "model.d_model", "embed_dim": "model.embed_dim",
     "blocks": "model.blocks", "dropout": "model.dropout", "memory_saving": "model.memory_saving",
@@ -100,6 +102,12 @@ def _register_search(subparsers: argparse._SubParsersAction) -> None:
     data.add_argument("--data", default=None, metavar="SOURCE",
                       help="'lohelp' (embedded En-De corpus), 'synthetic:copy|reverse|sort', "
                            "or a TSV file/folder")
+    data.add_argument("--src", default=None, help="source side of your corpus, one sentence "
+                      "per line (with --tgt, instead of --data)")
+    data.add_argument("--tgt", default=None, help="target side, aligned with --src")
+    data.add_argument("--holdout", type=parse_fractions, default=None, metavar="VALID,TEST",
+                      help="fractions held out of a corpus without splits, never searched "
+                           "nor trained on (default 0.05,0.05)")
     data.add_argument("--vocab-size", type=int, default=None,
                       help="sentencepiece vocabulary size (synthetic: number of token ids)")
     data.add_argument("--max-tokens", type=int, default=None, help="tokens per batch")
@@ -162,8 +170,22 @@ def _add_preset_values(parser: argparse.ArgumentParser) -> None:
 
 # ----------------------------------------------------------------------------- search
 
+def parse_fractions(text: str) -> tuple[float, float]:
+    """``"0.05,0.05"`` -> ``(0.05, 0.05)``."""
+    try:
+        valid, test = (float(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected VALID,TEST such as 0.05,0.05"
+                                         ) from None
+    return valid, test
+
+
 def flag_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    """The settings given as flags and ``--set``, by dotted name."""
+    """The settings given as flags and ``--set``, by dotted name (file paths absolute, so
+    the recorded config works from any directory)."""
+    for side in ("src", "tgt"):
+        if getattr(args, side, None) is not None:
+            setattr(args, side, str(Path(getattr(args, side)).expanduser().resolve()))
     overrides: dict[str, Any] = {key: getattr(args, dest) for dest, key in _FLAG_KEYS.items()
                                  if getattr(args, dest) is not None}
     if args.strategy is not None:
@@ -263,6 +285,7 @@ def _derive(args: argparse.Namespace) -> int:
 def _show(args: argparse.Namespace) -> int:
     if args.top < 1:
         raise ConfigError(f"--top {args.top}: must be at least 1")
+    import_recorded_code(args.arch.parent)  # the user's ops, if a run recorded them
     try:
         arch = Architecture.load(args.arch)
     except json.JSONDecodeError as err:  # pragma: no cover - from_json reports it already

@@ -11,6 +11,7 @@ from pathlib import Path
 from rich.console import Console
 
 import nasframe as nf
+from nasframe.commands.search import parse_fractions
 from nasframe.config import (
     PRESET_HELP,
     TRAIN_PRESETS,
@@ -21,6 +22,7 @@ from nasframe.config import (
 )
 from nasframe.data import DataSpec
 from nasframe.errors import SpaceError
+from nasframe.rundir import import_recorded_code
 from nasframe.train import train
 
 
@@ -73,6 +75,10 @@ def add_data_arguments(p: argparse.ArgumentParser, valid: bool) -> None:
     p.add_argument("--src", help="source side as a text file, one sentence per line")
     p.add_argument("--tgt", help="target side, aligned with --src")
     if valid:
+        p.add_argument("--holdout", type=parse_fractions, metavar="VALID,TEST",
+                       help="fractions held out of a corpus without splits (one TSV, or "
+                            "--src/--tgt) for validation and test, never trained on "
+                            "(default 0.05,0.05)")
         p.add_argument("--valid", nargs="+", metavar="FILE",
                        help="validation data: one TSV or two aligned files (default: the "
                        "corpus's valid split, or 2%% of the training pairs held out)")
@@ -82,6 +88,7 @@ def load_architecture(name: str) -> nf.Architecture:
     """An architecture JSON file, or a built-in space that has no choices."""
     path = Path(name)
     if path.exists() or name.endswith(".json"):
+        import_recorded_code(path.parent)  # an arch.json of a run that used the user's ops
         return nf.Architecture.load(path)
     if name in nf.spaces.names():
         space = nf.spaces.get(name)
@@ -127,7 +134,8 @@ def train_config(args: argparse.Namespace, console: Console) -> TrainConfig:
 def run(args: argparse.Namespace) -> int:
     console = Console(stderr=True)
     data = DataSpec(data=args.data, src=args.src, tgt=args.tgt,
-                    valid=tuple(args.valid) if args.valid else None)
+                    valid=tuple(args.valid) if args.valid else None,
+                    **({"holdout": args.holdout} if args.holdout else {}))
     arch = load_architecture(args.arch) if args.arch else None
     config = None if args.resume else train_config(args, console)
     result = train(arch, args.out, config, data, resume=args.resume,
