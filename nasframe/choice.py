@@ -14,6 +14,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from nasframe.errors import ConfigError, SpaceError
 from nasframe.ops import Context
 
 Mode = Literal["weighted", "single"]
@@ -33,7 +34,7 @@ class ChoiceNode(nn.Module):
 
     def set_mode(self, mode: Mode, active: int | str | None = None) -> None:
         if mode not in MODES:
-            raise ValueError(f"choice mode must be one of {MODES}, got {mode!r}")
+            raise ConfigError(f"choice mode must be one of {MODES}, got {mode!r}")
         self.mode = mode
         if active is not None:
             self.select(active)
@@ -42,8 +43,11 @@ class ChoiceNode(nn.Module):
         """Pick the candidate that ``single`` mode evaluates (index or label)."""
         if isinstance(op, str):
             if op not in self.labels:
-                raise ValueError(f"{self.name}: {op!r} is not a candidate ({self.labels})")
+                raise SpaceError(f"{self.name}: {op!r} is not a candidate ({self.labels})")
             op = self.labels.index(op)
+        if not 0 <= int(op) < len(self.labels):
+            raise SpaceError(f"{self.name}: index {op} out of range for {len(self.labels)} "
+                             "candidates")
         self.active = int(op)
 
     def weights(self) -> Tensor:

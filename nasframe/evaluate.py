@@ -20,7 +20,7 @@ from nasframe.errors import ConfigError, DataError
 from nasframe.loading import LoadedRun, load_run
 from nasframe.supernet import Supernet
 
-__all__ = ["evaluate_run", "score", "split_corpus", "translate_with_progress"]
+__all__ = ["evaluate_run", "score", "split_corpus", "translate", "translate_with_progress"]
 
 
 def score(hypotheses: Sequence[str], references: Sequence[str]) -> dict[str, Any]:
@@ -51,6 +51,15 @@ def translate_with_progress(model: Supernet, vocab: Vocab, sentences: Sequence[s
         ids = translate_ids(model, sources, options,
                             on_batch=lambda n: bar.update(task, advance=n))
     return [vocab.decode(o) for o in ids]
+
+
+def translate(run_dir: str | Path, sentences: Sequence[str], *, beam: int = 5,
+              checkpoint: str = "auto", device: str | None = None, progress: bool = False
+              ) -> list[str]:
+    """Translate ``sentences`` with the model of a training run (beam search, detokenised)."""
+    run = load_run(run_dir, checkpoint, device)
+    return translate_with_progress(run.model, run.vocab, sentences, DecodeOptions(beam=beam),
+                                   progress=progress, max_source_len=run.config.max_len)
 
 
 def split_corpus(run: LoadedRun, split: str, data: DataSpec | None = None) -> ParallelCorpus:

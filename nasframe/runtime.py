@@ -42,6 +42,7 @@ __all__ = [
     "resolve_device",
     "rng_state",
     "seed_everything",
+    "set_random_state",
     "set_rng_state",
 ]
 
@@ -94,6 +95,14 @@ def set_rng_state(state: dict[str, Any], device: torch.device) -> None:
     np.random.set_state((name, key.numpy().astype(np.uint32), *rest))
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
+
+
+def set_random_state(rng: random.Random, state: Any) -> None:
+    """``rng.setstate(state)`` for a state that went through a checkpoint (``rng.getstate()``
+    saves as plain data that ``weights_only`` loading accepts, but may come back with lists
+    where ``random`` wants tuples)."""
+    version, internal, gauss = state
+    rng.setstate((version, tuple(internal), gauss))
 
 
 # ----------------------------------------------------------------------------- atomic files

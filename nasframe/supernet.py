@@ -151,9 +151,18 @@ class Supernet(nn.Module):
             node.set_mode(mode)
 
     def select(self, choices: Mapping[str, str | int]) -> None:
-        """Set the op every ``sampled``/``fixed`` node evaluates: node name -> label or index."""
-        for node in self.choice_nodes():
-            node.select(choices[node.name])
+        """Set the op every node evaluates in ``single`` mode: node name -> label or index,
+        for every choice node of the space (an unknown or missing node is a SpaceError)."""
+        nodes = {node.name: node for node in self.choice_nodes()}
+        missing = [n for n in nodes if n not in choices]
+        unknown = [n for n in choices if n not in nodes]
+        if missing or unknown:
+            raise SpaceError("select: " + "; ".join(
+                part for part in (f"no choice for {', '.join(missing)}" if missing else "",
+                                  f"no such node {', '.join(unknown)}" if unknown else "")
+                if part))
+        for name, node in nodes.items():
+            node.select(choices[name])
 
     def set_memory_saving(self, on: bool) -> None:
         for m in self.modules():

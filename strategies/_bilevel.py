@@ -19,7 +19,8 @@ from torch import Tensor
 
 from nasframe.architecture import Architecture, derive
 from nasframe.data import Batch
-from nasframe.strategies._common import (
+from nasframe.strategy import Backbone, SearchContext
+from nasframe.updates import (
     all_finite,
     alpha_optimizer,
     assign_grads,
@@ -28,7 +29,6 @@ from nasframe.strategies._common import (
     weight_optimizer,
     weight_update,
 )
-from nasframe.strategy import Backbone, SearchContext
 
 
 class BilevelDarts:

@@ -1,5 +1,16 @@
-"""What every built-in strategy shares: the optimiser of the weights w and gradient plumbing."""
+"""How a strategy updates weights and alphas: the optimisers, gradients, clipping and the one
+weight update every built-in strategy uses. Public, so a plugin strategy optimises its
+weights exactly as the built-ins do::
+
+    from nasframe.updates import weight_optimizer, weight_update
+
+    self.w_opt, self.w_sched = weight_optimizer(weights, ctx.config.optim)
+    norm = weight_update(ctx, weights, ctx.loss(batch), self.w_opt, self.w_sched)
+"""
 from __future__ import annotations
+
+__all__ = ["all_finite", "alpha_optimizer", "assign_grads", "clip", "frozen", "gradients",
+           "weight_optimizer", "weight_update"]
 
 import contextlib
 import math
