@@ -22,8 +22,8 @@ from nasframe.errors import (
     RunDirError,
     SpaceError,
 )
-from nasframe.evaluate import evaluate_run as evaluate
-from nasframe.evaluate import translate
+from nasframe.evaluation import evaluate_run as evaluate
+from nasframe.evaluation import translate
 from nasframe.executor import Executor, SearchResult
 from nasframe.loading import LoadedRun, load_run
 from nasframe.ops import Context, IncrementalState, Operation, Residual, register_op
@@ -39,7 +39,7 @@ from nasframe.strategy import (
     register_strategy,
 )
 from nasframe.supernet import ModelConfig, Supernet, build_model, count_parameters
-from nasframe.train import TrainResult, train
+from nasframe.training import TrainResult, train
 
 __version__ = "0.1.0"
 

@@ -40,10 +40,10 @@ from nasframe.data import (
 from nasframe.data.corpus import split_search
 from nasframe.decode import DecodeOptions
 from nasframe.errors import SpaceError
-from nasframe.evaluate import evaluate_run
+from nasframe.evaluation import evaluate_run
 from nasframe.space import SearchSpace, Stack
 from nasframe.spaces import get as get_space
-from nasframe.train import train
+from nasframe.training import train
 
 __all__ = ["QuickstartOptions", "describe_architecture", "run_quickstart"]
 

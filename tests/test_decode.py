@@ -21,7 +21,7 @@ from nasframe.decode import (
 )
 from nasframe.ops import IncrementalState
 from nasframe.rundir import RunDir, RunKind
-from nasframe.train import Trainer
+from nasframe.training import Trainer
 
 VOCAB = 30
 

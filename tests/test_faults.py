@@ -26,7 +26,7 @@ from nasframe.executor import Executor
 from nasframe.rundir import RunDir, RunKind, load_checkpoint
 from nasframe.search import search
 from nasframe.strategy import SearchContext
-from nasframe.train import train
+from nasframe.training import train
 
 SEARCH = {
     "device": "cpu", "seed": 5, "steps": 8, "checkpoint_every": 2, "log_every": 1,
@@ -207,7 +207,7 @@ def test_a_nan_stops_the_search_and_leaves_finite_checkpoints(tmp_path, monkeypa
 
 
 def test_a_nan_stops_training_and_keeps_the_best_finite(tmp_path, monkeypatch, small_tsv):
-    import nasframe.train as training
+    import nasframe.training as training
 
     real = training.label_smoothed_loss
     calls = {"n": 0}
@@ -289,7 +289,7 @@ import nasframe as nf
 from nasframe.config import TrainConfig
 from nasframe.data import DataSpec
 from nasframe.rundir import RunDir, RunKind
-from nasframe.train import train
+from nasframe.training import train
 out, data = sys.argv[1], sys.argv[2]
 config = TrainConfig(model=nf.ModelConfig(d_model=48, embed_dim=32), vocab_size=200,
                      max_tokens=400, steps=40, lr=1e-3, warmup=4, checkpoint_every=3,

@@ -22,7 +22,7 @@ from nasframe.data import (
 from nasframe.loading import load_run
 from nasframe.rundir import average_states, load_checkpoint
 from nasframe.runtime import inverse_sqrt, label_smoothed_loss
-from nasframe.train import train
+from nasframe.training import train
 
 
 @pytest.fixture(scope="module")

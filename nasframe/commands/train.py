@@ -23,7 +23,7 @@ from nasframe.config import (
 from nasframe.data import DataSpec
 from nasframe.errors import SpaceError
 from nasframe.rundir import import_recorded_code
-from nasframe.train import train
+from nasframe.training import train
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -14,7 +14,7 @@ from rich.console import Console
 
 from nasframe.decode import DecodeOptions
 from nasframe.errors import DataError
-from nasframe.evaluate import translate_with_progress
+from nasframe.evaluation import translate_with_progress
 from nasframe.loading import load_run
 from nasframe.runtime import atomic_write_text
 
