@@ -1,6 +1,6 @@
 """Search configuration: pydantic models, named presets, TOML files, dotted overrides.
 
-Precedence, lowest first: field defaults (the paper's settings, paper.md §5) < preset < TOML
+Precedence, lowest first: field defaults (the paper's settings, Zhao et al. 2021 §5) < preset < TOML
 file < command-line flags. A run directory records the final config as ``config.json``, so a
 resumed or reproduced run never depends on which of these produced it.
 
@@ -43,7 +43,7 @@ class DataConfig(_Section):
     max_len: int = Field(250, ge=1, description="drop real-text pairs with a side longer "
                          "than this (subword tokens)")
     split: tuple[float, float] = Field((2.5, 2.0), description="search-train : search-valid "
-                                       "ratio (paper.md §5: 2.5M / 2.0M)")
+                                       "ratio (Zhao et al. 2021 §5: 2.5M / 2.0M)")
     synthetic_pairs: int = Field(9000, ge=2, description="pairs of a synthetic task, both "
                                  "splits together")
     synthetic_len: tuple[int, int] = Field((4, 12), description="min and max length of a "
@@ -64,7 +64,7 @@ class DataConfig(_Section):
 
 
 class WeightOptim(_Section):
-    """How the weights w are optimised: the section search and re-training share (paper.md
+    """How the weights w are optimised: the section search and re-training share (Zhao et al. 2021
     §5: Adam, inverse-square-root warmup, label smoothing 0.1)."""
 
     lr: float = Field(7e-4, gt=0, description="peak learning rate of the weights w")
@@ -78,7 +78,7 @@ class WeightOptim(_Section):
 
 
 class OptimConfig(WeightOptim):
-    """The two Adam optimisers of the bilevel search (paper.md §5): w as in re-training, and
+    """The two Adam optimisers of the bilevel search (Zhao et al. 2021 §5): w as in re-training, and
     the alphas."""
 
     alpha_lr: float = Field(3e-4, gt=0, description="learning rate of the alphas (fixed)")
@@ -141,7 +141,7 @@ class SearchConfig(_Section):
 
     @classmethod
     def preset_config(cls, name: str) -> SearchConfig:
-        """``tiny`` (CPU, minutes), ``small``, ``paper`` (paper.md §5)."""
+        """``tiny`` (CPU, minutes), ``small``, ``paper`` (Zhao et al. 2021 §5)."""
         if name not in PRESETS:
             raise ConfigError(f"preset: unknown preset {name!r}; choose one of "
                               f"{', '.join(preset_names())}")
@@ -161,7 +161,7 @@ class SearchConfig(_Section):
 # The paper preset is the field defaults; the others change only what they name.
 PRESETS: dict[str, dict[str, Any]] = {
     "paper": {},
-    "small": {  # paper.md Table 5 "small" search size (E, d) = (128, 240)
+    "small": {  # Zhao et al. 2021 Table 5 "small" search size (E, d) = (128, 240)
         "steps": 10000, "checkpoint_every": 2000, "log_every": 50,
         "model": {"d_model": 240, "embed_dim": 128},
         "data": {"max_tokens": 2048},
@@ -246,12 +246,12 @@ TRAIN_PRESETS: dict[str, dict[str, Any]] = {
         "vocab_size": 4000, "max_tokens": 1536, "steps": 1500, "lr": 2e-3, "warmup": 300,
         "checkpoint_every": 500, "log_every": 10,
     },
-    "small": {  # one GPU, about an hour (paper.md Fig. 5 "small": d = 128..256)
+    "small": {  # one GPU, about an hour (Zhao et al. 2021 Fig. 5 "small": d = 128..256)
         "model": {"d_model": 288, "embed_dim": 256, "blocks": 2, "dropout": 0.1},
         "vocab_size": 8000, "max_tokens": 4096, "steps": 30_000, "lr": 1e-3, "warmup": 2000,
         "checkpoint_every": 2000, "average_last": 5, "log_every": 50,
     },
-    "paper": {  # base size (paper.md §5: E = 512, ~62.5M parameters); d rounded to 48 | d
+    "paper": {  # base size (Zhao et al. 2021 §5: E = 512, ~62.5M parameters); d rounded to 48 | d
         "model": {"d_model": 528, "embed_dim": 512, "blocks": 3, "dropout": 0.1},
         "vocab_size": 32000, "max_tokens": 4096, "steps": 100_000, "lr": 7e-4,
         "warmup": 4000, "checkpoint_every": 2000, "average_last": 5, "log_every": 100,

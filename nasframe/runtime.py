@@ -178,7 +178,8 @@ def _alive(pid: int) -> bool:
 # ----------------------------------------------------------------------------- optimisation
 
 def inverse_sqrt(warmup: int) -> Callable[[int], float]:
-    """Factor of the peak lr at update ``k + 1``: linear warmup, then 1/sqrt decay (paper.md §5).
+    """Factor of the peak lr at update ``k + 1``: linear warmup, then 1/sqrt decay
+    (Zhao et al. 2021 §5).
 
     ``k`` is the scheduler's count of finished updates (``LambdaLR``), so the first update
     uses 1/warmup of the peak rather than zero, update ``warmup`` the peak, and update ``s``

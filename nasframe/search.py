@@ -1,6 +1,6 @@
 """``nf.search``: one call from a space, a strategy, data and a config to a derived architecture.
 
-It resolves names (space, strategy, preset), prepares the two search streams (paper.md §5:
+It resolves names (space, strategy, preset), prepares the two search streams (Zhao et al. 2021 §5:
 the training data split 2.5 : 2.0 into search-train for w and search-valid for alpha), builds
 the supernet under a fixed seed and hands everything to the :class:`~nasframe.executor.Executor`.
 """

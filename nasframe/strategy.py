@@ -68,7 +68,8 @@ class Strategy(Protocol):
 
 
 def seq2seq_loss(model: Supernet, batch: Batch, label_smoothing: float = 0.1) -> Tensor:
-    """Label-smoothed cross entropy per non-pad target token (paper.md §1, epsilon = 0.1)."""
+    """Label-smoothed cross entropy per non-pad target token (Zhao et al. 2021 §1,
+    epsilon = 0.1)."""
     loss, _, n_tokens = label_smoothed_loss(model(batch.src, batch.tgt_in), batch.tgt_out,
                                             label_smoothing, batch.pad_id)
     return loss / n_tokens

@@ -27,7 +27,8 @@ from nasframe.strategy import SearchContext
 
 
 def weight_optimizer(params: Sequence[nn.Parameter], cfg: OptimConfig) -> tuple[Adam, LambdaLR]:
-    """Adam for w with betas (0.9, 0.98) and the inverse-sqrt warmup schedule (paper.md §5)."""
+    """Adam for w with betas (0.9, 0.98) and the inverse-sqrt warmup schedule (Zhao et al.
+    2021 §5)."""
     opt = Adam(params, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay)
     return opt, LambdaLR(opt, inverse_sqrt(cfg.warmup))
 

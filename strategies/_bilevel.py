@@ -1,6 +1,6 @@
 """The DARTS bilevel search, shared by ``darts-reversible`` (DARTSformer) and ``darts``.
 
-Each update (paper.md §1): alpha <- alpha - lr_a * grad_alpha L_val(w, alpha) on a
+Each update (Zhao et al. 2021 §1): alpha <- alpha - lr_a * grad_alpha L_val(w, alpha) on a
 search-valid batch, then w <- w - lr_w * grad_w L_train(w, alpha) on a search-train batch.
 Both gradients come from ``torch.autograd.grad``; on the reversible backbone with
 ``memory_saving`` the engine answers it with backprop with reconstruction (Algorithm 1), so
