@@ -128,6 +128,8 @@ class SearchConfig(_Section):
     seed: int = 1
     device: str = Field("auto", description="'auto', 'cpu', 'cuda', 'cuda:1', ...")
     dtype: Literal["float32", "float64"] = "float32"
+    precision: Literal["fp32", "bf16"] = Field("fp32", description="fp32, or bf16 autocast "
+                                               "of the ops (the reversible stream stays fp32)")
     model: ModelConfig = Field(default_factory=lambda: ModelConfig(d_model=960, embed_dim=256))
     data: DataConfig = Field(default_factory=DataConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)
@@ -218,6 +220,8 @@ class TrainConfig(WeightOptim):
                                 "gradient that may be skipped before the run stops")
     seed: int = 1
     device: str = Field("auto", description="'auto', 'cpu', 'cuda', 'cuda:1', ...")
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32", description="fp32, or autocast in bf16 or fp16 (fp16 with a gradient scaler)")
 
     def __init__(self, **data: Any) -> None:
         try:

@@ -6,6 +6,7 @@ an import cycle.
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import io
 import math
@@ -14,7 +15,7 @@ import random
 import re
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -32,7 +33,9 @@ from torch import Tensor
 from nasframe.errors import ConfigError, DiskFullError, RunDirError
 
 __all__ = [
+    "Precision",
     "atomic_save",
+    "autocast",
     "atomic_write_bytes",
     "atomic_write_text",
     "clean_temporaries",
@@ -62,6 +65,23 @@ def resolve_device(name: str) -> torch.device:
         raise ConfigError(f"device: {name!r} requested but CUDA is not available here "
                           "(use cpu or auto)")
     return device
+
+
+# ----------------------------------------------------------------------------- precision
+
+Precision = Literal["fp32", "bf16", "fp16"]
+_AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def autocast(precision: Precision, device: torch.device) -> contextlib.AbstractContextManager:
+    """Mixed precision for a forward pass: ``fp32`` runs as is; ``bf16``/``fp16`` run the
+    ops autocast allows in that dtype (the reversible stream stays float32, see
+    ``nasframe.reversible``), with losses computed in float32."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    if precision not in _AUTOCAST:
+        raise ConfigError(f"precision: {precision!r} is not one of fp32, bf16, fp16")
+    return torch.autocast(device_type=device.type, dtype=_AUTOCAST[precision])
 
 
 # ----------------------------------------------------------------------------- random state

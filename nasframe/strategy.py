@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from nasframe.errors import ConfigError
-from nasframe.runtime import label_smoothed_loss
+from nasframe.runtime import autocast, label_smoothed_loss
 
 if TYPE_CHECKING:
     from nasframe.architecture import Architecture
@@ -98,7 +98,8 @@ class SearchContext:
     step: int = 0
 
     def loss(self, batch: Batch) -> Tensor:
-        return seq2seq_loss(self.supernet, batch, self.config.optim.label_smoothing)
+        with autocast(self.config.precision, self.device):
+            return seq2seq_loss(self.supernet, batch, self.config.optim.label_smoothing)
 
     @torch.no_grad()
     def validation_loss(self, batches: Iterable[Batch] | None = None) -> float:

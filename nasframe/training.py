@@ -44,6 +44,7 @@ from nasframe.loading import ARCH, AVERAGE, BEST, VOCAB, read_train_config
 from nasframe.resume import TRAIN_RESUMABLE, record_session, resume_config
 from nasframe.rundir import RunDir, RunKind, divergence
 from nasframe.runtime import (
+    autocast,
     inverse_sqrt,
     label_smoothed_loss,
     progress_bar,
@@ -119,6 +120,9 @@ class Trainer:
                                           weight_decay=config.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer,
                                                            inverse_sqrt(config.warmup))
+        # fp16 needs loss scaling; its scaler skips the updates whose gradients overflow
+        self.scaler = torch.amp.GradScaler(self.device.type,
+                                           enabled=config.precision == "fp16")
         self.batcher = TokenBatcher(train_pairs, config.max_tokens, shuffle=True,
                                     seed=config.seed)
         self.valid_pairs = valid_pairs
@@ -135,7 +139,7 @@ class Trainer:
             "skipped": self.skipped,
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(), "batcher": self.batcher.state_dict(),
-            "rng": rng_state(self.device),
+            "scaler": self.scaler.state_dict(), "rng": rng_state(self.device),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -143,6 +147,8 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.batcher.load_state_dict(state["batcher"])
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
         set_rng_state(state["rng"], self.device)
         self.step, self.elapsed = int(state["step"]), float(state["elapsed"])
         self.best_valid, self.skipped = state["best_valid"], int(state.get("skipped", 0))
@@ -156,23 +162,30 @@ class Trainer:
     def train_step(self, batch: Batch) -> dict[str, float]:
         self.model.train()
         batch = batch.to(self.device)
-        logits = self.model(batch.src, batch.tgt_in)
-        loss, nll, n = label_smoothed_loss(logits, batch.tgt_out, self.config.label_smoothing,
-                                           self.pad_id)
+        with autocast(self.config.precision, self.device):
+            logits = self.model(batch.src, batch.tgt_in)
+            loss, nll, n = label_smoothed_loss(logits, batch.tgt_out,
+                                               self.config.label_smoothing, self.pad_id)
         self.optimizer.zero_grad(set_to_none=True)
         per_token = max(int(n), 1)
-        (loss / per_token).backward()
+        self.scaler.scale(loss / per_token).backward()
+        self.scaler.unscale_(self.optimizer)
         norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(),
                                                     self.config.clip_norm or math.inf))
         self.step += 1
         stats = {"loss": float(loss.detach()) / per_token, "nll": float(nll.detach()) / per_token,
                  "tokens": float(n), "grad_norm": norm}
-        bad = [k for k in ("loss", "grad_norm") if not math.isfinite(stats[k])]
+        # Under fp16 an overflowing gradient is the scaler's business (it skips the update and
+        # lowers the scale); a non-finite loss is divergence in every precision.
+        checked = ("loss",) if self.scaler.is_enabled() else ("loss", "grad_norm")
+        bad = [k for k in checked if not math.isfinite(stats[k])]
         if bad:  # skip the update: the weights and the optimiser's moments stay as they were
             self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.update()
             self._skip(" and ".join(bad))
             return stats
-        self.optimizer.step()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
         self.scheduler.step()
         return stats
 
@@ -194,7 +207,8 @@ class Trainer:
         batcher = TokenBatcher(self.valid_pairs, self.config.max_tokens, shuffle=False)
         for batch in batcher.iter_epoch():
             batch = batch.to(self.device)
-            logits = self.model(batch.src, batch.tgt_in)
+            with autocast(self.config.precision, self.device):
+                logits = self.model(batch.src, batch.tgt_in)
             loss, nll, n = label_smoothed_loss(logits, batch.tgt_out,
                                                self.config.label_smoothing, self.pad_id)
             loss_sum, nll_sum, count = loss_sum + float(loss), nll_sum + float(nll), count + int(n)

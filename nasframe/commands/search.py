@@ -31,7 +31,8 @@ _FLAG_KEYS = {
     "log_every": "log_every", "keep_checkpoints": "keep_checkpoints", "device": "device",
     "skip_nonfinite": "skip_nonfinite", "src": "data.src", "tgt": "data.tgt",
     "holdout": "data.holdout",
-    "dtype": "dtype", "data": "data.source", "vocab_size": "data.vocab_size",
+    "dtype": "dtype", "precision": "precision", "data": "data.source",
+    "vocab_size": "data.vocab_size",
     "max_tokens": "data.max_tokens", "d_model": "model.d_model", "embed_dim": "model.embed_dim",
     "blocks": "model.blocks", "dropout": "model.dropout", "memory_saving": "model.memory_saving",
     "lr": "optim.lr", "warmup": "optim.warmup", "alpha_lr": "optim.alpha_lr",
@@ -126,6 +127,8 @@ def _register_search(subparsers: argparse._SubParsersAction) -> None:
     loop.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:N")
     loop.add_argument("--dtype", choices=["float32", "float64"], default=None,
                       help="parameter dtype")
+    loop.add_argument("--precision", choices=["fp32", "bf16"], default=None,
+                      help="bf16: autocast the ops (the reversible stream stays fp32)")
     model = p.add_argument_group("model")
     model.add_argument("--d-model", type=int, default=None, help="hidden size d")
     model.add_argument("--embed-dim", type=int, default=None, help="factorised embedding E")

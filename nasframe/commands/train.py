@@ -62,6 +62,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--skip-nonfinite", type=int, metavar="N",
                    help="skip up to N batches with a non-finite loss or gradient instead of "
                         "stopping at the first (default 0)")
+    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"],
+                   help="autocast in bf16 or fp16 (with a gradient scaler); default fp32")
     p.add_argument("--seed", type=int)
     p.add_argument("--device", help="auto (default), cpu, cuda, cuda:1, ...")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -104,7 +106,8 @@ _FLAG_KEYS = {
     "steps": "steps", "minutes": "minutes", "average_last": "average_last",
     "device": "device", "max_tokens": "max_tokens", "lr": "lr", "warmup": "warmup",
     "checkpoint_every": "checkpoint_every", "max_len": "max_len", "vocab_size": "vocab_size",
-    "seed": "seed", "skip_nonfinite": "skip_nonfinite", "d_model": "model.d_model",
+    "seed": "seed", "skip_nonfinite": "skip_nonfinite", "precision": "precision",
+    "d_model": "model.d_model",
     "embed_dim": "model.embed_dim", "blocks": "model.blocks", "dropout": "model.dropout",
 }
 
