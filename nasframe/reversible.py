@@ -106,6 +106,19 @@ class SplitLayer(nn.Module):
             bad = [r for r in refs if (r[0] == "X" and r[1] <= i) or (r[0] == "Y" and r[1] >= i)]
             if bad or not refs:
                 raise ValueError(f"split {i + 1}: inputs {refs} make the layer not invertible")
+        self._params: list[list[Tensor]] | None = None  # per F_i, built on first backward
+
+    def _apply(self, fn: Any, recurse: bool = True) -> SplitLayer:
+        self._params = None  # a conversion may swap parameter objects
+        return super()._apply(fn, recurse)
+
+    def _parameters_of(self, i: int) -> list[Tensor]:
+        """F_i's parameters that require grad now (the list itself is cached: walking a
+        choice node's module tree on every backward costs more than its small VJPs)."""
+        if self._params is None:
+            self._params = [list(f.parameters()) if isinstance(f, nn.Module) else []
+                            for f in self.functions]
+        return [p for p in self._params[i] if p.requires_grad]
 
     @property
     def n(self) -> int:
@@ -165,8 +178,7 @@ class SplitLayer(nn.Module):
             x_i = (ys[i] - z).detach()  # Eq. 4
             xs[i] = x_i.requires_grad_() if input_grad else x_i
             if z.requires_grad:
-                params = [p for p in f.parameters() if p.requires_grad] \
-                    if isinstance(f, nn.Module) else []
+                params = self._parameters_of(i)
                 wanted = [(r, t) for r, t in zip(self.inputs[i], inp) if t.requires_grad]
                 leaves = [t for _, t in wanted] + params + ctx_leaves
                 vjp = torch.autograd.grad(z, leaves, g_y[i], allow_unused=True)

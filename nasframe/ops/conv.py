@@ -112,7 +112,8 @@ class DynamicConv(ConvBlock):
     (``_DynamicConvCore``) that never builds the (time, channels, kernel) window: it sums the
     kernel taps of shifted inputs in place, keeps for backward only its input and the dropout
     mask (1 byte per kernel weight), and recomputes the kernels in backward. Kept memory per
-    candidate no longer grows with the kernel size beyond that mask.
+    candidate no longer grows with the kernel size beyond that mask; the transient peak holds
+    a few (batch, time, heads, kernel) tensors, never a (.., channels, kernel) one.
     """
 
     op_name = "dynamic_conv"
@@ -157,13 +158,12 @@ def _kernel_probs(u: Tensor, weight: Tensor, bias: Tensor, heads: int) -> Tensor
     return F.linear(u, weight, bias).view(batch, time, heads, -1).softmax(dim=-1)
 
 
-def _tap(probs: Tensor, keep: Tensor | None, p: float, j: int, t0: int, t1: int) -> Tensor:
-    """Tap j of the kernels after weight dropout, for outputs t0..t1: (batch, t, heads, 1).
-    Built one tap at a time, so no dropped copy of the whole kernel tensor exists."""
-    w = probs[:, t0:t1, :, j, None]
+def _dropped(probs: Tensor, keep: Tensor | None, p: float, inplace: bool) -> Tensor:
+    """The kernels after weight dropout (``probs`` itself without a mask)."""
     if keep is None:
-        return w
-    return w * keep[:, t0:t1, :, j, None].to(w.dtype).div_(1 - p)
+        return probs
+    scale = keep.to(probs.dtype).div_(1 - p)
+    return probs.mul_(scale) if inplace else probs * scale
 
 
 def _taps(kernel: int, time: int, src_time: int, offset: int) -> list[tuple[int, int, int]]:
@@ -183,12 +183,11 @@ class _DynamicConvCore(torch.autograd.Function):
     def forward(fctx: Any, src: Tensor, u: Tensor, weight: Tensor, bias: Tensor,
                 keep: Tensor | None, p: float, offset: int, heads: int) -> Tensor:
         batch, time, dim = u.shape
-        probs = _kernel_probs(u, weight, bias, heads)
+        w = _dropped(_kernel_probs(u, weight, bias, heads), keep, p, inplace=True)
         s = src.view(batch, src.size(1), heads, dim // heads)
         out = u.new_zeros(batch, time, heads, dim // heads)
-        for j, t0, t1 in _taps(probs.size(-1), time, src.size(1), offset):
-            out[:, t0:t1].addcmul_(s[:, t0 + j - offset:t1 + j - offset],
-                                   _tap(probs, keep, p, j, t0, t1))
+        for j, t0, t1 in _taps(w.size(-1), time, src.size(1), offset):
+            out[:, t0:t1].addcmul_(s[:, t0 + j - offset:t1 + j - offset], w[:, t0:t1, :, j, None])
         fctx.save_for_backward(src, u, weight, bias, keep)
         fctx.p, fctx.offset, fctx.heads = p, offset, heads
         return out.view(batch, time, dim)
@@ -202,12 +201,14 @@ class _DynamicConvCore(torch.autograd.Function):
         probs = _kernel_probs(u, weight, bias, heads)  # recomputed: cheaper than keeping it
         s = src.view(batch, src.size(1), heads, dim // heads)
         g = grad.reshape(batch, time, heads, dim // heads)
+        w = _dropped(probs, keep, p, inplace=False)
         g_src = torch.zeros_like(s)
         g_w = torch.zeros_like(probs)
         for j, t0, t1 in _taps(probs.size(-1), time, src.size(1), offset):
             shifted = slice(t0 + j - offset, t1 + j - offset)
-            g_src[:, shifted].addcmul_(g[:, t0:t1], _tap(probs, keep, p, j, t0, t1))
+            g_src[:, shifted].addcmul_(g[:, t0:t1], w[:, t0:t1, :, j, None])
             g_w[:, t0:t1, :, j] = torch.linalg.vecdot(g[:, t0:t1], s[:, shifted])
+        del w  # the dropped kernels are not needed past the taps
         if keep is not None:  # through the dropout, in place
             g_w.masked_fill_(keep.logical_not(), 0.0).div_(1 - p)
         # softmax backward in place: probs * (g_w - <g_w, probs>)
