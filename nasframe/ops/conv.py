@@ -153,9 +153,15 @@ class DynamicConv(ConvBlock):
 
 
 def _kernel_probs(u: Tensor, weight: Tensor, bias: Tensor, heads: int) -> Tensor:
-    """The softmax kernels (batch, time, heads, kernel), before weight dropout."""
+    """The softmax kernels (batch, time, heads, kernel), before weight dropout: logits in
+    ``u``'s dtype, the softmax in at least float32 (``u`` is bf16 under autocast)."""
     batch, time, _ = u.shape
-    return F.linear(u, weight, bias).view(batch, time, heads, -1).softmax(dim=-1)
+    logits = F.linear(u, weight.to(u.dtype), bias.to(u.dtype))
+    return logits.view(batch, time, heads, -1).softmax(-1, dtype=_accumulate(u.dtype))
+
+
+def _accumulate(dtype: torch.dtype) -> torch.dtype:
+    return torch.promote_types(dtype, torch.float32)
 
 
 def _dropped(probs: Tensor, keep: Tensor | None, p: float, inplace: bool) -> Tensor:
@@ -177,13 +183,24 @@ def _taps(kernel: int, time: int, src_time: int, offset: int) -> list[tuple[int,
 
 
 class _DynamicConvCore(torch.autograd.Function):
-    """Kernel prediction + dynamic convolution; saves ``src``, ``u`` and the dropout mask."""
+    """Kernel prediction + dynamic convolution; saves ``src``, ``u`` and the dropout mask.
+
+    Computes in ``u``'s dtype with autocast off inside (explicit casts instead), so forward and
+    backward agree whether or not autocast is on when backward runs.
+    """
 
     @staticmethod
     def forward(fctx: Any, src: Tensor, u: Tensor, weight: Tensor, bias: Tensor,
                 keep: Tensor | None, p: float, offset: int, heads: int) -> Tensor:
+        with torch.autocast(u.device.type, enabled=False):
+            return _DynamicConvCore._forward(fctx, src, u, weight, bias, keep, p, offset, heads)
+
+    @staticmethod
+    def _forward(fctx: Any, src: Tensor, u: Tensor, weight: Tensor, bias: Tensor,
+                 keep: Tensor | None, p: float, offset: int, heads: int) -> Tensor:
         batch, time, dim = u.shape
-        w = _dropped(_kernel_probs(u, weight, bias, heads), keep, p, inplace=True)
+        src = src.to(u.dtype)
+        w = _dropped(_kernel_probs(u, weight, bias, heads), keep, p, inplace=True).to(u.dtype)
         s = src.view(batch, src.size(1), heads, dim // heads)
         out = u.new_zeros(batch, time, heads, dim // heads)
         for j, t0, t1 in _taps(w.size(-1), time, src.size(1), offset):
@@ -196,12 +213,18 @@ class _DynamicConvCore(torch.autograd.Function):
     @once_differentiable
     def backward(fctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
         src, u, weight, bias, keep = fctx.saved_tensors
+        with torch.autocast(u.device.type, enabled=False):
+            return _DynamicConvCore._backward(fctx, grad, src, u, weight, bias, keep)
+
+    @staticmethod
+    def _backward(fctx: Any, grad: Tensor, src: Tensor, u: Tensor, weight: Tensor,
+                  bias: Tensor, keep: Tensor | None) -> tuple[Tensor | None, ...]:
         batch, time, dim = u.shape
         heads, offset, p = fctx.heads, fctx.offset, fctx.p
         probs = _kernel_probs(u, weight, bias, heads)  # recomputed: cheaper than keeping it
-        s = src.view(batch, src.size(1), heads, dim // heads)
-        g = grad.reshape(batch, time, heads, dim // heads)
-        w = _dropped(probs, keep, p, inplace=False)
+        s = src.to(u.dtype).view(batch, src.size(1), heads, dim // heads)
+        g = grad.to(u.dtype).reshape(batch, time, heads, dim // heads)
+        w = _dropped(probs, keep, p, inplace=False).to(u.dtype)
         g_src = torch.zeros_like(s)
         g_w = torch.zeros_like(probs)
         for j, t0, t1 in _taps(probs.size(-1), time, src.size(1), offset):
@@ -213,11 +236,12 @@ class _DynamicConvCore(torch.autograd.Function):
             g_w.masked_fill_(keep.logical_not(), 0.0).div_(1 - p)
         # softmax backward in place: probs * (g_w - <g_w, probs>)
         dot = (g_w.unsqueeze(-2) @ probs.unsqueeze(-1)).squeeze(-1)
-        g_logits = g_w.sub_(dot).mul_(probs).view(batch, time, -1)
-        g_u = g_logits @ weight
+        g_logits = g_w.sub_(dot).mul_(probs).view(batch, time, -1).to(u.dtype)
+        g_u = g_logits @ weight.to(u.dtype)
         g_weight = g_logits.reshape(-1, g_logits.size(-1)).t() @ u.reshape(-1, dim)
         g_bias = g_logits.sum(dim=(0, 1))
-        return g_src.view_as(src), g_u, g_weight, g_bias, None, None, None, None
+        return (g_src.view(src.shape).to(src.dtype), g_u, g_weight.to(weight.dtype),
+                g_bias.to(bias.dtype), None, None, None, None)
 
 
 @register_op("conv")
