@@ -6,13 +6,15 @@ methods keep them anyway. On CUDA ``peak_bytes`` adds what backward itself alloc
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
 
-__all__ = ["SavedBytes", "saved_bytes", "peak_bytes", "measure_step"]
+__all__ = ["SavedBytes", "saved_bytes", "peak_bytes", "measure_step", "choose_keep_layers",
+           "layer_saved_bytes"]
 
 
 @dataclass
@@ -78,3 +80,35 @@ def measure_step(model: torch.nn.Module, src: Tensor, tgt: Tensor) -> dict[str, 
     if peak is None:
         step()  # run it anyway: the figure must come from a step that works
     return {"saved_bytes": kept.bytes, "peak_bytes": peak}
+
+
+def layer_saved_bytes(layers: Sequence[torch.nn.Module], x: Tensor, **ctx: Any) -> list[int]:
+    """Bytes each layer keeps for backward under ordinary autograd, bottom to top.
+
+    Each layer is measured on the output of the ones below (computed without a graph), so the
+    figures are what ``ReversibleStack(keep_last=K)`` adds per kept layer; the layer's input is
+    counted, as a kept layer holds it.
+    """
+    params = [p for layer in layers for p in layer.parameters()]
+    sizes = []
+    for layer in layers:
+        x_in = x.detach().requires_grad_(x.requires_grad)
+        sizes.append(saved_bytes(lambda m=layer, a=x_in: m(a, **ctx), exclude=params).bytes)
+        with torch.no_grad():
+            x = layer(x, **ctx)
+    return sizes
+
+
+def choose_keep_layers(per_layer_bytes: Sequence[int], budget: int) -> int:
+    """The largest K whose top K layers' kept bytes fit in ``budget`` (0 when none fits).
+
+    ``per_layer_bytes`` is bottom to top, as ``layer_saved_bytes`` returns it; the budget is
+    what may be spent above the reconstruction's own (flat) cost.
+    """
+    total, k = 0, 0
+    for size in reversed(per_layer_bytes):
+        if total + size > budget:
+            break
+        total += size
+        k += 1
+    return k

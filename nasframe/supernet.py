@@ -35,6 +35,8 @@ class ModelConfig(BaseModel):
     blocks: int = Field(1, ge=1, description="repeats of the block of L searched layers")
     dropout: float = Field(0.1, ge=0.0, lt=1.0)
     memory_saving: bool = Field(True, description="backprop with reconstruction (reversible)")
+    keep_layers: int = Field(0, ge=0, description="top K reversible layers of each stack keep "
+                             "activations (ordinary autograd); the rest reconstruct")
     alpha_init_std: float = Field(1e-3, ge=0.0, description="alpha ~ N(0, std) (paper.md §4)")
     pad_id: int = 0
 
@@ -95,7 +97,7 @@ class Supernet(nn.Module):
 
         if isinstance(spec, Stack):
             return build_reversible_stack(spec, self.config.blocks, self.config.memory_saving,
-                                          make_unit)
+                                          make_unit, self.config.keep_layers)
         return build_sequential_stack(spec, self.config.blocks, make_unit)
 
     def _op(self, spec: OpSpec, width: int, causal: bool) -> nn.Module:
