@@ -10,8 +10,9 @@ step above what existed before it (activations, temporaries and the gradients it
 
 Part 2, precision: for depths 2/6/12/24, the reconstruction drift max |inverse(forward(x)) - x|
 of the encoder stack and the relative error of all gradients (global norm and worst tensor)
-against float64, for float32 and for bf16 autocast (CPU; also fp16 on CUDA). Dropout is off
-here so that every precision computes the same function.
+against float64, for float32 and for bf16 autocast (CPU; also fp16 on CUDA), with
+reconstruction and, to separate what reconstruction adds, with plain autograd at the same
+precision. Dropout is off here so that every precision computes the same function.
 
     python -m benchmarks.speed [--d 96] [--layers 6] [--depths 2 6 12 24] [--threads 1] [--quick]
 """
@@ -116,21 +117,34 @@ def precision(args: argparse.Namespace, device: torch.device) -> list[dict]:
             amp = (torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None
                    else contextlib.nullcontext())
             grads = _step(model, src, tgt, amp)
+            _config(model, False, 0)  # the same precision without reconstruction
+            plain = _step(model, src, tgt, amp)
+            _config(model, True, 0)
             with torch.no_grad(), amp:
                 x = model.embed(src)
                 back = model.encoder.inverse(model.encoder(x, padding_mask=mask),
                                              padding_mask=mask)
-            num = sum((a.double() - b).square().sum() for a, b in zip(grads, reference))
-            den = sum(b.square().sum() for b in reference)
-            worst = max(((a.double() - b).abs().max() / b.abs().max()).item()
-                        for a, b in zip(grads, reference) if b.abs().max() > 0)
+            norm, worst = _errors(grads, reference)
+            plain_norm, plain_worst = _errors(plain, reference)
             rows.append({"depth (layers per stack)": depth, "precision": label,
                          "drift": (back.float() - x.float()).abs().max().item(),
-                         "rel grad error (norm)": (num / den).sqrt().item(),
+                         "rel grad error (norm)": norm,
                          "rel grad error (worst tensor)": worst,
+                         "plain autograd: rel grad error (norm)": plain_norm,
+                         "plain autograd: (worst tensor)": plain_worst,
                          "finite": all(bool(torch.isfinite(t).all()) for t in grads)})
             model.double()
     return rows
+
+
+def _errors(grads: list[torch.Tensor], reference: list[torch.Tensor]) -> tuple[float, float]:
+    """Relative error of all gradients together (global norm) and of the worst tensor (its
+    largest deviation over its largest reference entry)."""
+    num = sum((a.double() - b).square().sum() for a, b in zip(grads, reference))
+    den = sum(b.square().sum() for b in reference)
+    worst = max(((a.double() - b).abs().max() / b.abs().max()).item()
+                for a, b in zip(grads, reference) if b.abs().max() > 0)
+    return (num / den).sqrt().item(), worst
 
 
 def main(argv: list[str] | None = None) -> None:
