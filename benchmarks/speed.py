@@ -5,12 +5,14 @@ choices, dropout 0.1, float32) with L layers per stack, time of one forward + ba
 the memory it needs for K = 0..L kept layers per stack, against plain autograd
 (``memory_saving=False``). Time: median of paired ratios over alternating repetitions (with
 min/max). Memory: bytes kept for backward (``saved_tensors_hooks``) and the peak during the
-step (MemTracker on CPU, ``max_memory_allocated`` on CUDA) less parameters and gradients.
+step above what existed before it (activations, temporaries and the gradients it returns;
+``nasframe.memory.allocated_peak_bytes`` on CPU, ``max_memory_allocated`` on CUDA).
 
 Part 2, precision: for depths 2/6/12/24, the reconstruction drift max |inverse(forward(x)) - x|
 of the encoder stack and the relative error of all gradients (global norm and worst tensor)
-against float64, for float32 and for bf16 autocast (CPU; also fp16 on CUDA). Dropout is off
-here so that every precision computes the same function.
+against float64, for float32 and for bf16 autocast (CPU; also fp16 on CUDA), with
+reconstruction and, to separate what reconstruction adds, with plain autograd at the same
+precision. Dropout is off here so that every precision computes the same function.
 
     python -m benchmarks.speed [--d 96] [--layers 6] [--depths 2 6 12 24] [--threads 1] [--quick]
 """
@@ -21,11 +23,10 @@ import contextlib
 import statistics
 
 import torch
-from torch.distributed._tools.mem_tracker import MemTracker
 
 import nasframe as nf
 from benchmarks import _report
-from nasframe.memory import saved_bytes
+from nasframe.memory import allocated_peak_bytes, saved_bytes
 
 
 def _config(model: nf.Supernet, saving: bool, keep: int) -> None:
@@ -47,7 +48,7 @@ def _step(model: nf.Supernet, src: torch.Tensor, tgt: torch.Tensor,
 
 def _peak(model: nf.Supernet, src: torch.Tensor, tgt: torch.Tensor,
           device: torch.device) -> float:
-    """Peak bytes of one step less parameters and gradients."""
+    """Peak bytes allocated during one step (activations, temporaries, the gradients)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         base = torch.cuda.memory_allocated(device)
@@ -55,13 +56,7 @@ def _peak(model: nf.Supernet, src: torch.Tensor, tgt: torch.Tensor,
         _step(model, src, tgt)
         torch.cuda.synchronize(device)
         return torch.cuda.max_memory_allocated(device) - base
-    tracker = MemTracker()
-    tracker.track_external(model)
-    with tracker:
-        _step(model, src, tgt)
-    snap = tracker.get_tracker_snapshot("peak")[device]
-    return snap["Total"] - sum(v for k, v in snap.items()
-                               if str(k).endswith(("PARAM", "GRAD")))
+    return allocated_peak_bytes(lambda: _step(model, src, tgt))
 
 
 def time_memory(args: argparse.Namespace, device: torch.device) -> list[dict]:
@@ -122,21 +117,34 @@ def precision(args: argparse.Namespace, device: torch.device) -> list[dict]:
             amp = (torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None
                    else contextlib.nullcontext())
             grads = _step(model, src, tgt, amp)
+            _config(model, False, 0)  # the same precision without reconstruction
+            plain = _step(model, src, tgt, amp)
+            _config(model, True, 0)
             with torch.no_grad(), amp:
                 x = model.embed(src)
                 back = model.encoder.inverse(model.encoder(x, padding_mask=mask),
                                              padding_mask=mask)
-            num = sum((a.double() - b).square().sum() for a, b in zip(grads, reference))
-            den = sum(b.square().sum() for b in reference)
-            worst = max(((a.double() - b).abs().max() / b.abs().max()).item()
-                        for a, b in zip(grads, reference) if b.abs().max() > 0)
+            norm, worst = _errors(grads, reference)
+            plain_norm, plain_worst = _errors(plain, reference)
             rows.append({"depth (layers per stack)": depth, "precision": label,
                          "drift": (back.float() - x.float()).abs().max().item(),
-                         "rel grad error (norm)": (num / den).sqrt().item(),
+                         "rel grad error (norm)": norm,
                          "rel grad error (worst tensor)": worst,
+                         "plain autograd: rel grad error (norm)": plain_norm,
+                         "plain autograd: (worst tensor)": plain_worst,
                          "finite": all(bool(torch.isfinite(t).all()) for t in grads)})
             model.double()
     return rows
+
+
+def _errors(grads: list[torch.Tensor], reference: list[torch.Tensor]) -> tuple[float, float]:
+    """Relative error of all gradients together (global norm) and of the worst tensor (its
+    largest deviation over its largest reference entry)."""
+    num = sum((a.double() - b).square().sum() for a, b in zip(grads, reference))
+    den = sum(b.square().sum() for b in reference)
+    worst = max(((a.double() - b).abs().max() / b.abs().max()).item()
+                for a, b in zip(grads, reference) if b.abs().max() > 0)
+    return (num / den).sqrt().item(), worst
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -165,7 +173,7 @@ def main(argv: list[str] | None = None) -> None:
         _report.plot("speed", {"reconstruction, K kept layers": (
             [r["peak MiB"] for r in rows[1:]], [r["time / plain"] for r in rows[1:]]),
             "plain autograd": ([rows[0]["peak MiB"]], [1.0])},
-            "peak MiB (less parameters and gradients)", "time / plain", args.out)
+            "peak MiB during the step", "time / plain", args.out)
     if "precision" in args.parts:
         rows = precision(args, device)
         _report.write("speed_precision", rows, meta | {"part": "precision vs float64"},
