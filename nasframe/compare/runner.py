@@ -100,9 +100,10 @@ def compare(spec: CompareSpec | str | Path | None = None, out: str | Path = "run
     shared = Shared(s, out, (train_corpus, valid_corpus), vocab, base, target, reference,
                     console, progress, resume)
     cells = [(row, seed) for seed in s.seed_list() for row in spec.rows]
+    source = f"matched to {reference}" if reference else "target"
     console.print(f"compare: {len(spec.rows)} rows x {s.seeds} seed(s) = {len(cells)} cells; "
-                  f"{target:,} parameters each ({'matched to ' + reference if reference else 'target'}); "
-                  f"{torch.get_num_threads()} thread(s); {out}")
+                  f"{target:,} parameters each ({source}); {torch.get_num_threads()} thread(s); "
+                  f"{out}")
     records: list[dict[str, Any]] = []
     started = time.perf_counter()
     with _CellBar(console, len(cells), progress) as bar:
