@@ -12,7 +12,8 @@ from nasframe.decode import DecodeOptions
 from nasframe.evaluate import evaluate_run
 from nasframe.executor import find_checkpoint
 from nasframe.search import SearchData, resolve_space, search
-from nasframe.sizing import match_size, parameter_breakdown, parse_params
+from nasframe.sizing import match_size, parameter_breakdown
+from nasframe.sizing import parse_count as parse_params
 from nasframe.train import DataSpec, TrainConfig, cache_dir, iter_metrics, load_data, train
 
 __all__ = [

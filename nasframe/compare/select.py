@@ -77,7 +77,7 @@ def select(run: str | Path, train_steps: int, *, data: str | None = None,
                             "checkpoint_every": max(train_steps, 1)})
     corpora = load_data(DataSpec(data=data), seed)
     vocab = get_or_train_vocab(corpora[0], cache_dir(), config.vocab_size)
-    target = parse_params(str(params)) if params is not None else None
+    target = parse_params(params, "--params") if params is not None else None
     folder = run / "select"
     done_by_choices: dict[str, dict[str, Any]] = {}
     rows = []

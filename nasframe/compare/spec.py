@@ -69,7 +69,7 @@ class CompareSettings(_Strict):
     @classmethod
     def _parse_params(cls, data: Any) -> Any:
         if isinstance(data, dict) and isinstance(data.get("params"), str | float):
-            data = {**data, "params": parse_params(str(data["params"]))}
+            data = {**data, "params": parse_params(data["params"], "params")}
         return data
 
     @model_validator(mode="after")
