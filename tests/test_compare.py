@@ -181,3 +181,29 @@ def test_plot_alphas_and_curves(quick_run, tmp_path):
     assert png.stat().st_size > 1000
     with pytest.raises(CheckpointError, match="no probabilities"):
         plot_alphas(quick_run.out / "random" / "seed1" / "search", tmp_path / "r.png")
+
+
+def test_an_interrupted_search_resumes_from_its_checkpoint(tmp_path, corpus_dir, monkeypatch):
+    rows = [ROWS[0], {**ROWS[1], "search": {"checkpoint_every": 2}}]
+    real_search = cells.search
+    seen = []
+
+    def killed_after_checkpoint_2(*args, **kwargs):
+        seen.append(kwargs.get("resume"))
+        real_search(*args, **{**kwargs, "steps": 2})
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cells, "search", killed_after_checkpoint_2)
+    out = tmp_path / "cmp"
+    with pytest.raises(KeyboardInterrupt):
+        compare(spec(corpus_dir, rows), out, quick_run=True, progress=False)
+    assert (out / "dartsformer" / "seed1" / "search" / "checkpoint_2.pt").is_file()
+
+    monkeypatch.setattr(cells, "search", lambda *a, **k: seen.append(k["resume"]) or
+                        real_search(*a, **k))
+    result = compare(spec(corpus_dir, rows), out, quick_run=True, resume=True, progress=False)
+    assert seen == [False, True]
+    record = result.records[1]
+    assert record["search_resumed"] is True and record["search_updates"] == 4
+    lines = (out / "dartsformer" / "seed1" / "search" / "metrics.jsonl").read_text().splitlines()
+    assert json.loads(lines[-1])["step"] == 4
