@@ -154,9 +154,13 @@ def plot_curves(run_dirs: Sequence[str | Path], png: str | Path,
 
 
 def _label(path: Path) -> str:
-    """A run's name in a legend: its folder, with the parent when that is generic."""
-    generic = {"train", "search", "seed1", "seed2", "seed3"}
-    return f"{path.parent.name}/{path.name}" if path.name in generic else path.name
+    """A run's name in a legend: its folder, with the parents up to one that is not generic
+    (``transformer/seed1/train`` rather than ``train``)."""
+    parts = [path.name]
+    while re.fullmatch(r"train|search|seed\d+", parts[0]) and path.parent.name:
+        path = path.parent
+        parts.insert(0, path.name)
+    return "/".join(p for p in parts if p)
 
 
 # ----------------------------------------------------------------------------- compare
