@@ -38,7 +38,7 @@ def quick_run(tmp_path_factory, corpus_dir):
     mp = pytest.MonkeyPatch()
     mp.setenv("NASFRAME_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
     out = tmp_path_factory.mktemp("cmp") / "quick"
-    result = compare(spec(corpus_dir, seeds=2), out, quick_run=True, progress=False)
+    result = compare(spec(corpus_dir, seeds=2), out, quick=True, progress=False)
     mp.undo()
     return result
 
@@ -72,9 +72,9 @@ def test_quick_compare_writes_three_files_with_matched_parameters(quick_run):
 
 def test_compare_refuses_a_used_folder_without_resume(quick_run, corpus_dir):
     with pytest.raises(CheckpointError, match="--resume"):
-        compare(spec(corpus_dir, seeds=2), quick_run.out, quick_run=True, progress=False)
+        compare(spec(corpus_dir, seeds=2), quick_run.out, quick=True, progress=False)
     with pytest.raises(CheckpointError, match="other rows or settings"):
-        compare(spec(corpus_dir, seeds=3), quick_run.out, quick_run=True, resume=True,
+        compare(spec(corpus_dir, seeds=3), quick_run.out, quick=True, resume=True,
                 progress=False)
 
 
@@ -107,7 +107,7 @@ def test_resume_skips_finished_cells_and_continues_the_interrupted_one(tmp_path,
     monkeypatch.setattr(cells, "train", dying_train)
     out = tmp_path / "cmp"
     with pytest.raises(KeyboardInterrupt):
-        compare(spec(corpus_dir, rows), out, quick_run=True, progress=False)
+        compare(spec(corpus_dir, rows), out, quick=True, progress=False)
     first = json.loads((out / "transformer" / "seed1" / "result.json").read_text())
     assert not (out / "dartsformer" / "seed1" / "result.json").exists()
     assert (out / "dartsformer" / "seed1" / "search.json").is_file()
@@ -117,7 +117,7 @@ def test_resume_skips_finished_cells_and_continues_the_interrupted_one(tmp_path,
     monkeypatch.setattr(cells, "search", counting_search)
     monkeypatch.setattr(cells, "train", dying_train)
     calls["train"] = 10  # no more kills
-    result = compare(spec(corpus_dir, rows), out, quick_run=True, resume=True, progress=False)
+    result = compare(spec(corpus_dir, rows), out, quick=True, resume=True, progress=False)
     assert calls == {"search": 1, "train": 11}  # no new search; one train, resumed
     assert result.records[0] == first
     resumed = result.records[1]
@@ -196,12 +196,12 @@ def test_an_interrupted_search_resumes_from_its_checkpoint(tmp_path, corpus_dir,
     monkeypatch.setattr(cells, "search", killed_after_checkpoint_2)
     out = tmp_path / "cmp"
     with pytest.raises(KeyboardInterrupt):
-        compare(spec(corpus_dir, rows), out, quick_run=True, progress=False)
+        compare(spec(corpus_dir, rows), out, quick=True, progress=False)
     assert (out / "dartsformer" / "seed1" / "search" / "checkpoint_2.pt").is_file()
 
     monkeypatch.setattr(cells, "search", lambda *a, **k: seen.append(k["resume"]) or
                         real_search(*a, **k))
-    result = compare(spec(corpus_dir, rows), out, quick_run=True, resume=True, progress=False)
+    result = compare(spec(corpus_dir, rows), out, quick=True, resume=True, progress=False)
     assert seen == [False, True]
     record = result.records[1]
     assert record["search_resumed"] is True and record["search_updates"] == 4

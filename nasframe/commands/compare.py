@@ -77,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
                 "beam": args.beam, "device": args.device}
     console = Console(stderr=True)
     if args.config is not None:
-        result = compare(args.config, args.out, resume=args.resume, quick_run=args.quick,
+        result = compare(args.config, args.out, resume=args.resume, quick=args.quick,
                          progress=not args.no_progress, console=console, **settings)
     else:
         options = dict(parse_assignment(o) for o in args.space_option)
@@ -85,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
 
         spec = spec_from_names(args.strategies, args.baselines, args.space, options,
                                **settings)
-        result = compare(spec, args.out, resume=args.resume, quick_run=args.quick,
+        result = compare(spec, args.out, resume=args.resume, quick=args.quick,
                          progress=not args.no_progress, console=console)
     print(result.files["md"].read_text(encoding="utf-8"))
     if result.png_skipped:

@@ -46,7 +46,7 @@ from nasframe.compare.spec import (
     QUICK_MODEL,
     CompareSpec,
     load_spec,
-    quick,
+    miniature,
     row_space,
     spec_from_names,
 )
@@ -70,14 +70,14 @@ class CompareResult:
 
 def compare(spec: CompareSpec | str | Path | None = None, out: str | Path = "runs/compare", *,
             strategies: list[str] | None = None, baselines: list[str] | None = None,
-            resume: bool = False, quick_run: bool = False, progress: bool = True,
+            resume: bool = False, quick: bool = False, progress: bool = True,
             console: Console | None = None, **settings: Any) -> CompareResult:
     """Run a comparison and write its three files into ``out``.
 
     ``spec``: a ``CompareSpec`` or a TOML file; or None with ``strategies`` / ``baselines``
     (names). ``settings`` override the spec's shared settings (``seeds=3``,
     ``params="1.1M"``, ``train_steps=...``). ``resume`` finishes an interrupted comparison in
-    ``out``; ``quick_run`` runs every row in miniature.
+    ``out``; ``quick`` runs every row in miniature.
     """
     if isinstance(spec, CompareSpec):
         given = {k: v for k, v in settings.items() if v is not None}
@@ -86,8 +86,8 @@ def compare(spec: CompareSpec | str | Path | None = None, out: str | Path = "run
         spec = load_spec(spec, **settings)
     else:
         spec = spec_from_names(strategies or [], baselines or [], **settings)
-    if quick_run:
-        spec = quick(spec)
+    if quick:
+        spec = miniature(spec)
     out = Path(out)
     console = console or Console(stderr=True)
     _claim(out, spec, resume)

@@ -36,7 +36,8 @@ from nasframe.compare._deps import parse_params, resolve_space
 from nasframe.errors import ConfigError, NasframeError
 from nasframe.strategy import get_strategy
 
-__all__ = ["CompareSettings", "Row", "CompareSpec", "load_spec", "spec_from_names", "slug"]
+__all__ = ["CompareSettings", "Row", "CompareSpec", "load_spec", "miniature", "row_space",
+           "spec_from_names", "slug"]
 
 
 class _Strict(BaseModel):
@@ -232,7 +233,7 @@ def spec_from_names(strategies: list[str], baselines: list[str], space: str | No
     return _build({"settings": given, "rows": rows}, "compare")
 
 
-def quick(spec: CompareSpec) -> CompareSpec:
+def miniature(spec: CompareSpec) -> CompareSpec:
     """Every row in miniature: a few updates, few test sentences, a small vocabulary and
     re-trained models the size of a tiny Transformer (the target is the first baseline, or
     the Transformer, at the quick size)."""
