@@ -50,8 +50,8 @@ from nasframe.supernet import ModelConfig, build_model
 
 __all__ = ["Shared", "PeakMemory", "run_cell", "cell_dir", "alpha_entropy_of"]
 
-#: How far from the target a --quick model may be (5% otherwise).
-QUICK_TOLERANCE = 0.25
+#: How far from the target a --quick model may be when params_tolerance cannot be met.
+QUICK_TOLERANCES = (0.25, math.inf)
 #: Updates timed before a search with ``search_minutes`` fixes its length.
 CALIBRATION_STEPS = 10
 
@@ -257,16 +257,21 @@ def size_model(sh: Shared, row: Row, arch: Architecture) -> tuple[ModelConfig, d
     if row.name == sh.reference:
         cfg = sh.base_model
     else:
-        try:
-            cfg = match_size(arch, sh.target, sh.base_model, len(sh.vocab))
-        except NasframeError as err:
-            if not sh.settings.quick:
-                raise type(err)(f"row {row.name!r}: cannot size to {sh.target:,} parameters: "
-                                f"{err}") from None
-            # Miniature models are too coarse for 5% (one step of d or blocks is more):
-            # a smoke test takes the nearest size; the record says how far off it is.
-            cfg = match_size(arch, sh.target, sh.base_model, len(sh.vocab),
-                             tolerance=QUICK_TOLERANCE)
+        # Miniature models are too coarse for 5% (one step of d or blocks is more): a
+        # --quick run widens the tolerance, then takes the nearest size; the record's
+        # params_off says how far off it is.
+        first = sh.settings.params_tolerance
+        tolerances = (first, *[t for t in QUICK_TOLERANCES if t > first]) \
+            if sh.settings.quick else (first,)
+        for i, tolerance in enumerate(tolerances):
+            try:
+                cfg = match_size(arch, sh.target, sh.base_model, len(sh.vocab),
+                                 tolerance=tolerance)
+                break
+            except NasframeError as err:
+                if i == len(tolerances) - 1:
+                    raise type(err)(f"row {row.name!r}: cannot size to {sh.target:,} "
+                                    f"parameters: {err}") from None
     return cfg, parameter_breakdown(build_model(arch, cfg, len(sh.vocab)))
 
 

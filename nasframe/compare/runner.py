@@ -181,7 +181,9 @@ def _write_tables(out: Path, spec: CompareSpec, records: list[dict[str, Any]], t
               f"{_budget(s.train_steps, s.train_minutes)}; search "
               f"{_budget(s.search_steps, s.search_minutes)} ({s.search_preset}); BLEU/chrF on "
               f"{s.test_sentences or 'all'} test sentences, beam {s.beam}; "
-              f"{meta['threads']} thread(s), {meta['device']}. Mean ± sample std over n seeds.")
+              f"{meta['threads']} thread(s), {meta['device']}. Mean ± sample std over n seeds."
+              + (" --quick: a smoke test; sizes as near the target as miniature models allow "
+                 "(params_off in compare.json)." if s.quick else ""))
     atomic_write_text(markdown(summary, header), out / MD)
     return CompareResult(out, records, summary, {"json": out / JSON, "md": out / MD})
 

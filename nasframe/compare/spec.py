@@ -52,6 +52,8 @@ class CompareSettings(_Strict):
     first_seed: int = 1
     params: int | None = Field(None, description="parameter target of every re-trained model; "
                                "None: the first baseline row's size at the train preset")
+    params_tolerance: float = Field(0.05, gt=0, lt=1, description="how far from the target "
+                                    "a re-trained model may be (relative)")
     search_preset: str = "tiny"
     search_steps: int | None = Field(None, ge=1, description="search updates; None: preset's")
     search_minutes: float | None = Field(None, gt=0, description="cap the search updates to "
