@@ -220,7 +220,7 @@ def _search(sh: Shared, row: Row, seed: int, folder: Path) -> dict[str, Any]:
     device = resolve_device(cfg.device)
     started = time.perf_counter()
     with PeakMemory(device) as peak:
-        if plan is None and s.search_minutes is not None:
+        if not resuming and s.search_minutes is not None:
             # A step budget fitted to a time budget: time a few updates, then continue
             # (exactly, from the checkpoint) for as many as the time allows.
             first = min(CALIBRATION_STEPS, limit)
