@@ -19,6 +19,7 @@ from nasframe.config import SearchConfig, apply_overrides, load_config
 from nasframe.data import (
     Batch,
     Pair,
+    ParallelCorpus,
     TokenBatcher,
     Vocab,
     cache_dir,
@@ -76,14 +77,15 @@ class SearchData:
         return cls(train_b, valid_b, scoring, vocab_size, None, description)
 
 
-def prepare_data(config: SearchConfig, world: World | None = None, vocab: Vocab | None = None
-                 ) -> SearchData:
+def prepare_data(config: SearchConfig, world: World | None = None, vocab: Vocab | None = None,
+                 corpus: ParallelCorpus | None = None) -> SearchData:
     """``config.data``: ``synthetic:TASK``, ``lohelp``, a TSV corpus or ``src``/``tgt`` files
     (the train split; a corpus without splits has its valid and test parts held out).
 
     Real text gets the joint sentencepiece vocabulary of the training split, from the cache
     (``$NASFRAME_CACHE``, trained there on first use) unless ``vocab`` is given (a resumed
-    run's own copy).
+    run's own copy). ``corpus`` replaces the training split named by the config (already
+    loaded, e.g. by a comparison that runs many searches on it).
     """
     world = world or World()
     dc = config.data
@@ -97,7 +99,8 @@ def prepare_data(config: SearchConfig, world: World | None = None, vocab: Vocab 
                                 seed=config.seed + 7919)
         return SearchData.from_pairs(train, valid, dc.vocab_size, config, world,
                                      f"synthetic {task}: {len(train)} + {len(valid)} pairs")
-    corpus = corpus_split(dc.spec(), "train")  # a corpus without splits: its held-out rest
+    if corpus is None:  # a corpus without splits: the rest of its hold-out
+        corpus = corpus_split(dc.spec(), "train")
     search_train, search_valid = split_search(corpus, dc.split, seed=config.seed)
     if vocab is None:
         if not world.main:

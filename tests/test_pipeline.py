@@ -104,4 +104,10 @@ def test_quickstart_runs_end_to_end(tmp_path, corpus_dir):
         assert (Path(model["run_dir"]) / "eval_test.json").is_file()
     derived = nf.Architecture.load(out / "arch_derived.json")
     assert derived.space.name == "dartsformer"
-    assert nf.Architecture.load(out / "derived" / "arch.json").choices == derived.choices
+    retrained = Path(result["models"][0]["run_dir"])
+    assert nf.Architecture.load(retrained / "arch.json").choices == derived.choices
+    # a two-row compare at equal size: both models near the Transformer's parameter count
+    target = result["params_target"]
+    assert result["models"][1]["parameters"] == target
+    assert abs(result["models"][0]["parameters"] - target) <= 0.05 * target
+    assert (out / "compare.json").is_file() and (out / "compare.md").is_file()
