@@ -71,7 +71,7 @@ def test_evaluate_prints_and_records_bleu_and_chrf(run_dir, capsys):
 
 def test_evaluate_errors_are_clear(run_dir, tmp_path, capsys):
     assert main(["evaluate", "--model", str(tmp_path / "nothing")]) == 2
-    assert "not a training run directory" in capsys.readouterr().err
+    assert "no such run directory" in capsys.readouterr().err
     assert main(["evaluate", "--model", str(run_dir), "--split", "dev"]) == 2
     assert "dev" in capsys.readouterr().err
 

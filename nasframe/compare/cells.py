@@ -35,7 +35,7 @@ from nasframe.compare._deps import (
     apply_overrides,
     encode_corpus,
     evaluate_run,
-    find_checkpoint,
+    has_checkpoint,
     match_size,
     parameter_breakdown,
     search,
@@ -212,7 +212,7 @@ def _search(sh: Shared, row: Row, seed: int, folder: Path) -> dict[str, Any]:
     space = row_space(row)
     data = sh.search_data(cfg)
     run, plan_file = folder / "search", folder / "search_plan.json"
-    resuming = sh.resume and find_checkpoint(run) is not None
+    resuming = sh.resume and has_checkpoint(run, "search")
     if not resuming:
         _fresh(run)
     plan = _read(plan_file) if resuming else None
@@ -281,7 +281,7 @@ def _train(sh: Shared, row: Row, seed: int, folder: Path, arch: Architecture,
     if (record := _read(done)) is not None:
         return record
     s, run = sh.settings, folder / "train"
-    resuming = sh.resume and (run / "checkpoints" / "checkpoint_last.pt").is_file()
+    resuming = sh.resume and has_checkpoint(run, "train")
     if resuming:
         result = train(None, run, resume=True, progress=sh.progress, console=sh.console,
                        corpora=sh.corpora)

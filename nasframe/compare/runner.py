@@ -92,7 +92,7 @@ def compare(spec: CompareSpec | str | Path | None = None, out: str | Path = "run
     console = console or Console(stderr=True)
     _claim(out, spec, resume)
     s = spec.settings
-    train_corpus, valid_corpus = load_data(DataSpec(data=s.data), s.first_seed)
+    train_corpus, valid_corpus = load_data(DataSpec(data=s.data))
     with console.status("joint sentencepiece vocabulary (trained once, then cached)"):
         vocab = get_or_train_vocab(train_corpus, cache_dir(), s.vocab_size)
     base = base_model(spec)

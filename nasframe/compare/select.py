@@ -75,7 +75,7 @@ def select(run: str | Path, train_steps: int, *, data: str | None = None,
     config = TrainConfig.preset_config(preset, seed=seed, vocab_size=vocab_size)
     config = TrainConfig(**{**config.model_dump(), "steps": train_steps, "minutes": None,
                             "checkpoint_every": max(train_steps, 1)})
-    corpora = load_data(DataSpec(data=data), seed)
+    corpora = load_data(DataSpec(data=data))
     vocab = get_or_train_vocab(corpora[0], cache_dir(), config.vocab_size)
     target = parse_params(params, "--params") if params is not None else None
     folder = run / "select"
