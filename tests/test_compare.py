@@ -197,7 +197,8 @@ def test_an_interrupted_search_resumes_from_its_checkpoint(tmp_path, corpus_dir,
     out = tmp_path / "cmp"
     with pytest.raises(KeyboardInterrupt):
         compare(spec(corpus_dir, rows), out, quick=True, progress=False)
-    assert (out / "dartsformer" / "seed1" / "search" / "checkpoints" / "checkpoint_2.pt").is_file()
+    search_dir = out / "dartsformer" / "seed1" / "search"
+    assert (search_dir / "checkpoints" / "checkpoint_2.pt").is_file()
 
     monkeypatch.setattr(cells, "search", lambda *a, **k: seen.append(k["resume"]) or
                         real_search(*a, **k))

@@ -28,14 +28,13 @@ from nasframe.compare._deps import (
     DataSpec,
     DecodeOptions,
     ParallelCorpus,
-    RunKind,
     SearchConfig,
     SearchData,
     TrainConfig,
     Vocab,
     apply_overrides,
     evaluate_run,
-    find_checkpoint,
+    has_checkpoint,
     match_size,
     parameter_breakdown,
     prepare_data,
@@ -203,7 +202,7 @@ def _search(sh: Shared, row: Row, seed: int, folder: Path) -> dict[str, Any]:
     space = row_space(row)
     data = sh.search_data(cfg)
     run, plan_file = folder / "search", folder / "search_plan.json"
-    resuming = sh.resume and find_checkpoint(run) is not None
+    resuming = sh.resume and has_checkpoint(run, "search")
     if not resuming:
         _fresh(run)
     plan = _read(plan_file) if resuming else None
@@ -272,7 +271,7 @@ def _train(sh: Shared, row: Row, seed: int, folder: Path, arch: Architecture,
     if (record := _read(done)) is not None:
         return record
     s, run = sh.settings, folder / "train"
-    resuming = sh.resume and find_checkpoint(run, RunKind.TRAIN) is not None
+    resuming = sh.resume and has_checkpoint(run, "train")
     if resuming:
         result = train(None, run, resume=True, progress=sh.progress, console=sh.console,
                        corpora=sh.corpora)
