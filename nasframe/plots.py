@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from nasframe.errors import CheckpointError, ConfigError
+from nasframe.rundir import read_metrics
 
 __all__ = ["plot_alphas", "plot_curves", "plot_compare", "alpha_history", "read_curves"]
 
@@ -114,10 +115,7 @@ def read_curves(run_dir: str | Path) -> dict[str, tuple[list[int], list[float]]]
     if not path.is_file():
         raise CheckpointError(f"{run_dir}: no metrics.jsonl (not a run directory)")
     curves: dict[str, tuple[list[int], list[float]]] = {}
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if not line.strip():
-            continue
-        rec = json.loads(line)
+    for rec in read_metrics(path):  # a partial last line (a run being written) is skipped
         if "step" not in rec or rec.get("event") in ("data", "end"):
             continue
         for title, keys in _CURVES.items():

@@ -61,8 +61,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("show", help="print an architecture JSON as a table",
                               description="Print the chosen op of every choice node, with "
                               "softmax(alpha) when the file records it.")
-    p.add_argument("arch", type=Path, help="architecture JSON (e.g. runs/x/arch.json)")
+    p.add_argument("arch", type=Path, help="architecture JSON (e.g. runs/x/arch.json), or a "
+                   "search run directory (its arch.json)")
     p.add_argument("--top", type=int, default=3, help="probabilities shown per node (3)")
+    p.add_argument("--plot", type=Path, default=None, metavar="PNG",
+                   help="with a search run directory: draw softmax(alpha) of every node over "
+                        "updates (from its arch_stepN.json files) and the mean entropy")
     p.set_defaults(func=_show)
 
 
@@ -292,12 +296,21 @@ def _derive(args: argparse.Namespace) -> int:
 def _show(args: argparse.Namespace) -> int:
     if args.top < 1:
         raise ConfigError(f"--top {args.top}: must be at least 1")
-    import_recorded_code(args.arch.parent)  # the user's ops, if a run recorded them
+    run_dir = args.arch if args.arch.is_dir() else None
+    path = args.arch / "arch.json" if run_dir is not None else args.arch
+    if args.plot is not None and run_dir is None:
+        raise ConfigError(f"--plot: give the search run directory ({args.arch.parent}), not "
+                          f"{args.arch.name}: the plot reads every arch_stepN.json there")
+    import_recorded_code(path.parent)  # the user's ops, if a run recorded them
     try:
-        arch = Architecture.load(args.arch)
+        arch = Architecture.load(path)
     except json.JSONDecodeError as err:  # pragma: no cover - from_json reports it already
-        raise CheckpointError(f"{args.arch}: {err}") from None
+        raise CheckpointError(f"{path}: {err}") from None
     Console().print(arch.table(top=args.top))
     if arch.note:
         print(arch.note)
+    if args.plot is not None:
+        from nasframe.plots import plot_alphas
+
+        print(f"wrote {plot_alphas(run_dir, args.plot)}")
     return 0
