@@ -19,7 +19,7 @@ def sinusoidal_positions(length: int, dim: int, start: int = 0) -> Tensor:
 
 class FactorisedEmbedding(nn.Module):
     """Tokens -> (V x E) -> (E x d) + positions. A small E keeps a large vocabulary cheap
-    while the searched layers work at width d (paper.md §5: search (E, d) = (256, 960))."""
+    while the searched layers work at width d (Zhao et al. 2021 §5: search (E, d) = (256, 960))."""
 
     def __init__(self, vocab_size: int, embed_dim: int, d_model: int, pad_id: int = 0,
                  dropout: float = 0.0) -> None:

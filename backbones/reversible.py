@@ -22,23 +22,29 @@ class SplitFunction(nn.Module):
         self.pool = pool
 
     def forward(self, inputs: list[Tensor], **ctx: Any) -> Tensor:
-        if len(inputs) == 1:
-            pooled = inputs[0]
-        elif self.pool == "max":
-            pooled = torch.stack(inputs).amax(dim=0)
-        else:
-            pooled = torch.stack(inputs).mean(dim=0)
+        # A chain of binary ops: no stacked copy of the inputs, and nothing saved for the
+        # mean (a sum's backward needs no tensors).
+        pooled = inputs[0]
+        if self.pool == "max":
+            for t in inputs[1:]:
+                pooled = torch.maximum(pooled, t)
+        elif len(inputs) > 1:
+            for t in inputs[1:]:
+                pooled = pooled + t
+            pooled = pooled / len(inputs)
         return self.op(pooled, Context(**ctx))
 
 
 def build_reversible_stack(spec: Stack, blocks: int, memory_saving: bool,
-                           make_unit: Callable[[int, str], nn.Module]) -> ReversibleStack:
+                           make_unit: Callable[[int, str], nn.Module],
+                           keep_layers: int = 0) -> ReversibleStack:
     """``blocks`` repeats of the ``spec.layers`` searched layers, each split's F_i built by
-    ``make_unit(layer, "split<i>")``; weights are separate, choices shared per layer index."""
+    ``make_unit(layer, "split<i>")``; weights are separate, choices shared per layer index.
+    The top ``keep_layers`` layers keep their activations (ordinary autograd)."""
     inputs = parse_inputs(spec.inputs)
     layers = []
     for _ in range(blocks):
         for l in range(1, spec.layers + 1):
             fns = [SplitFunction(make_unit(l, unit), spec.pool) for unit, _ in spec.units()]
             layers.append(SplitLayer(fns, inputs))
-    return ReversibleStack(layers, memory_saving=memory_saving)
+    return ReversibleStack(layers, memory_saving=memory_saving, keep_last=keep_layers)

@@ -15,7 +15,7 @@ from pathlib import Path
 from benchmarks import _report
 from nasframe.data import load_split
 from nasframe.decode import decoding_speed
-from nasframe.train import load_run
+from nasframe.loading import load_run
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -24,7 +24,11 @@ def main(argv: list[str] | None = None) -> None:
                    default=["runs/quickstart/derived", "runs/quickstart/transformer"])
     p.add_argument("--sentences", type=int, default=200)
     p.add_argument("--beams", type=int, nargs="+", default=[5, 1])
+    _report.add_common_args(p)
     args = p.parse_args(argv)
+    if args.quick:
+        args.sentences = 20
+    setup = _report.setup(args)
     rows = []
     device = None
     for run in args.runs:
@@ -38,8 +42,9 @@ def main(argv: list[str] | None = None) -> None:
                          "incremental sent/s": r["incremental_sentences_per_s"],
                          "recompute sent/s": r["recompute_sentences_per_s"],
                          "speedup": r["speedup"], "same output": bool(r["same_output"])})
-    meta = {"device": _report.device_label(device), **vars(args)}
-    _report.write("decoding", rows, meta, list(rows[0]))
+    meta = {"device": _report.device_label(device), **setup,
+            **{k: (str(v) if k == "out" else v) for k, v in vars(args).items()}}
+    _report.write("decoding", rows, meta, list(rows[0]), args.out)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--tokens", type=int, default=32)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--blocks", type=int, default=2)
+    _report.add_common_args(p)
     args = p.parse_args(argv)
+    if args.quick:
+        args.d = [48, 96]
+    setup = _report.setup(args)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     metric = "peak_bytes" if device.type == "cuda" else "saved_bytes"
     g = torch.Generator().manual_seed(0)
@@ -45,17 +49,19 @@ def main(argv: list[str] | None = None) -> None:
                 mib = None
             rows.append({"d": d, "method": method, "MiB": mib})
             del model
-    meta = {"device": _report.device_label(device), "metric": metric, **vars(args)}
+    meta = {"device": _report.device_label(device), "metric": metric, **setup,
+            **{k: (str(v) if k == "out" else v) for k, v in vars(args).items()}}
     for d in args.d:
         a, b = (r["MiB"] for r in rows if r["d"] == d)
         for r in rows:
             if r["d"] == d and a and b:
                 r["DARTS / DARTSformer"] = a / b
-    _report.write("memory_vs_hidden", rows, meta, ["d", "method", "MiB", "DARTS / DARTSformer"])
+    _report.write("memory_vs_hidden", rows, meta, ["d", "method", "MiB", "DARTS / DARTSformer"],
+                  args.out)
     series = {m: ([r["d"] for r in rows if r["method"] == m and r["MiB"] is not None],
                   [r["MiB"] for r in rows if r["method"] == m and r["MiB"] is not None])
               for m in methods}
-    _report.plot("memory_vs_hidden", series, "hidden size d", f"{metric} (MiB)")
+    _report.plot("memory_vs_hidden", series, "hidden size d", f"{metric} (MiB)", args.out)
 
 
 if __name__ == "__main__":

@@ -1,16 +1,20 @@
-"""Exactness and cost of backprop with reconstruction, by depth.
+"""Exactness and cost of backprop with reconstruction, by depth and width.
 
-For a DARTSformer supernet (weighted choices, dropout on) at several depths, in float32:
+For a DARTSformer supernet (weighted choices, dropout on), in float32, per (d, depth):
 - reconstruction drift: max |inverse(forward(x)) - x| over the encoder stack;
 - gradient error: max relative difference of all gradients against plain autograd;
-- time of one forward + backward, with reconstruction over plain (paper.md §3 expects ~4/3).
+- time of one forward + backward with reconstruction over plain autograd: the median of the
+  ratios of paired, alternating repetitions, with min/max and quartiles;
+- where the time goes: a plain step, a no-grad forward (the one extra forward that
+  reconstruction pays) and the rest (``excess`` = recon - plain - no-grad forward);
+- each for the weight step (every gradient) and the alpha step (weights frozen).
 
-    python -m benchmarks.reconstruction [--depths 2 6 12] [--d 96]
+    python -m benchmarks.reconstruction [--depths 2 6 12] [--d 96 240] [--threads 1] [--quick]
 """
 from __future__ import annotations
 
 import argparse
-import time
+import statistics
 
 import torch
 
@@ -18,50 +22,120 @@ import nasframe as nf
 from benchmarks import _report
 
 
-def _grads(model: nf.Supernet, src: torch.Tensor, tgt: torch.Tensor) -> tuple[list, float]:
+def _step(model: nf.Supernet, src: torch.Tensor, tgt: torch.Tensor) -> list:
+    """One forward + backward for every parameter that requires grad (in the alpha step the
+    weights are frozen, as the bilevel strategies freeze them)."""
     torch.manual_seed(1)
-    start = time.perf_counter()
     loss = model(src, tgt).log_softmax(-1).mean()
-    grads = torch.autograd.grad(loss, list(model.parameters()), allow_unused=True)
-    return list(grads), time.perf_counter() - start
+    params = [p for p in model.parameters() if p.requires_grad]
+    return list(torch.autograd.grad(loss, params, allow_unused=True))
+
+
+def _freeze_weights(model: nf.Supernet, frozen: bool) -> None:
+    for p in model.weight_parameters():
+        p.requires_grad_(not frozen)
+
+
+def _set_saving(model: nf.Supernet, on: bool) -> None:
+    for m in model.modules():
+        if hasattr(m, "memory_saving"):
+            m.memory_saving = on
+
+
+def profile_ops(model: nf.Supernet, src: torch.Tensor, tgt: torch.Tensor,
+                top: int = 8) -> list[dict[str, float]]:
+    """The ops with the most self CPU time in one step with reconstruction."""
+    _set_saving(model, True)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        _step(model, src, tgt)
+    events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    total = sum(e.self_cpu_time_total for e in events) or 1.0
+    return [{"op": e.key, "share": e.self_cpu_time_total / total, "calls": e.count}
+            for e in events[:top]]
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--depths", type=int, nargs="+", default=[2, 6, 12])
-    p.add_argument("--d", type=int, default=96)
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--d", type=int, nargs="+", default=[96, 240])
+    p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--batch", type=int, nargs=2, default=[8, 24], metavar=("SENTENCES", "TOKENS"))
+    p.add_argument("--profile", action="store_true", help="top ops by self CPU time")
+    p.add_argument("--steps", nargs="+", default=["weights", "alpha"],
+                   choices=["weights", "alpha"], help="which update steps to time")
+    _report.add_common_args(p)
     args = p.parse_args(argv)
+    if args.quick:
+        args.depths, args.d, args.repeats = [2, 6], [96], 6
+    meta = _report.setup(args)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     space = nf.spaces.get("dartsformer", layers=1)
     g = torch.Generator().manual_seed(0)
-    src = torch.randint(4, 500, (8, 24), generator=g).to(device)
-    tgt = torch.randint(4, 500, (8, 24), generator=g).to(device)
-    rows = []
-    for depth in args.depths:
-        torch.manual_seed(0)
-        cfg = nf.ModelConfig(d_model=args.d, blocks=depth, dropout=0.1)
-        model = nf.Supernet(space, cfg, vocab_size=500).to(device).train()
-        x = model.embed(src).detach()
-        model.eval()  # dropout off: the inverse must see the forward's functions
+    src = torch.randint(4, 500, tuple(args.batch), generator=g).to(device)
+    tgt = torch.randint(4, 500, tuple(args.batch), generator=g).to(device)
+    rows, profiles = [], {}
+    for d in args.d:
+        for depth in args.depths:
+            torch.manual_seed(0)
+            cfg = nf.ModelConfig(d_model=d, blocks=depth, dropout=0.1)
+            model = nf.Supernet(space, cfg, vocab_size=500).to(device).train()
+            x = model.embed(src).detach()
+            model.eval()  # dropout off: the inverse must see the forward's functions
+            with torch.no_grad():
+                mask = src.eq(0)
+                drift = (model.encoder.inverse(model.encoder(x, padding_mask=mask),
+                                               padding_mask=mask) - x).abs().max().item()
+            model.train()
+            for step in args.steps:
+                _freeze_weights(model, step == "alpha")
+                row = {"d": d, "layers per stack": depth, "step": step, "drift": drift}
+                rows.append(row | _measure(model, src, tgt, args.repeats, device))
+            _freeze_weights(model, False)
+            if args.profile:
+                profiles[f"d={d}, L={depth}"] = profile_ops(model, src, tgt)
+    meta.update({"device": _report.device_label(device), "dtype": "float32",
+                 "dropout": 0.1, "space": "dartsformer (weighted, all candidates)",
+                 **{k: (str(v) if k == "out" else v) for k, v in vars(args).items()}})
+    if profiles:
+        meta["profile (share of self CPU time, reconstruction step)"] = profiles
+    cols = ["d", "layers per stack", "step", "drift", "max rel grad error", "time plain (s)",
+            "forward / plain", "excess / plain", "ratio median", "ratio min", "ratio max"]
+    _report.write("reconstruction", rows, meta, cols, args.out)
+
+
+def _measure(model: nf.Supernet, src: torch.Tensor, tgt: torch.Tensor, repeats: int,
+             device: torch.device) -> dict[str, float]:
+    """Gradient error and paired timings of reconstruction against plain autograd."""
+    grads = {}
+    for saving in (False, True):
+        _set_saving(model, saving)
+        grads[saving] = _step(model, src, tgt)
+    rel = max(((a - b).abs().max() / b.abs().max().clamp_min(1e-30)).item()
+              for a, b in zip(grads[True], grads[False]) if a is not None)
+
+    def run(saving: bool, m: nf.Supernet = model) -> None:
+        _set_saving(m, saving)
+        _step(m, src, tgt)
+
+    def nograd_forward(m: nf.Supernet = model) -> None:
         with torch.no_grad():
-            drift = (model.encoder.inverse(model.encoder(x, padding_mask=src.eq(0)),
-                                           padding_mask=src.eq(0)) - x).abs().max().item()
-        model.train()
-        timings = {}
-        grads = {}
-        for saving in (False, True):
-            model.set_memory_saving(saving)
-            runs = [_grads(model, src, tgt) for _ in range(args.repeats)]
-            grads[saving] = runs[0][0]
-            timings[saving] = min(t for _, t in runs)
-        rel = max(((a - b).abs().max() / b.abs().max().clamp_min(1e-30)).item()
-                  for a, b in zip(grads[True], grads[False]) if a is not None)
-        rows.append({"depth (layers per stack)": depth, "drift": drift, "max rel grad error": rel,
-                     "time plain (s)": timings[False], "time reconstruction (s)": timings[True],
-                     "ratio": timings[True] / timings[False]})
-    meta = {"device": _report.device_label(device), "dtype": "float32", **vars(args)}
-    _report.write("reconstruction", rows, meta, list(rows[0]))
+            m(src, tgt)
+
+    times = _report.paired({"plain": lambda: run(False),
+                            "reconstruction": lambda: run(True),
+                            "no-grad forward": nograd_forward},
+                           repeats, device=device)
+    ratio = _report.ratio_summary(times["reconstruction"], times["plain"])
+    plain = statistics.median(times["plain"])
+    fwd = statistics.median(times["no-grad forward"])
+    recon = statistics.median(times["reconstruction"])
+    return {"max rel grad error": rel, "time plain (s)": plain,
+            "time reconstruction (s)": recon, "no-grad forward (s)": fwd,
+            "forward / plain": fwd / plain,
+            "excess / plain": (recon - plain - fwd) / plain,
+            "ratio median": ratio["median"], "ratio min": ratio["min"],
+            "ratio q1": ratio["q1"], "ratio q3": ratio["q3"],
+            "ratio max": ratio["max"], "pairs": ratio["pairs"]}
 
 
 if __name__ == "__main__":

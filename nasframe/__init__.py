@@ -7,13 +7,28 @@ Everything a user needs is importable from here::
 """
 from __future__ import annotations
 
-from nasframe import ops, reversible, spaces
+from nasframe import ops, reversible, spaces, updates
 from nasframe.architecture import Architecture, derive
 from nasframe.choice import ChoiceNode
-from nasframe.config import SearchConfig
-from nasframe.errors import CheckpointError, ConfigError, DataError, NasframeError, SpaceError
+from nasframe.config import SearchConfig, TrainConfig
+from nasframe.data import DataSpec
+from nasframe.errors import (
+    CheckpointError,
+    ConfigError,
+    DataError,
+    DiskFullError,
+    NasframeError,
+    NonFiniteError,
+    RunDirError,
+    SpaceError,
+)
+from nasframe.evaluation import evaluate_run as evaluate
+from nasframe.evaluation import translate
 from nasframe.executor import Executor, SearchResult
+from nasframe.loading import LoadedRun, load_run
 from nasframe.ops import Context, IncrementalState, Operation, Residual, register_op
+from nasframe.rundir import RunDir, RunKind
+from nasframe.runtime import rng_state, set_random_state, set_rng_state
 from nasframe.search import SearchData, search
 from nasframe.space import OpSet, OpSpec, SearchSpace, Sequential, Stack, op
 from nasframe.strategy import (
@@ -24,6 +39,7 @@ from nasframe.strategy import (
     register_strategy,
 )
 from nasframe.supernet import ModelConfig, Supernet, build_model, count_parameters
+from nasframe.training import TrainResult, train
 
 __version__ = "0.1.0"
 
@@ -34,4 +50,7 @@ __all__ = [
     "count_parameters", "derive", "op", "ops", "register_op", "reversible", "spaces",
     "Executor", "SearchConfig", "SearchContext", "SearchData", "SearchResult", "Strategy",
     "available_strategies", "get_strategy", "register_strategy", "search",
+    "DataSpec", "DiskFullError", "LoadedRun", "NonFiniteError", "RunDir", "RunDirError",
+    "RunKind", "TrainConfig", "TrainResult", "evaluate", "load_run", "rng_state",
+    "set_random_state", "set_rng_state", "train", "translate", "updates",
 ]

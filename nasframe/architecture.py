@@ -1,11 +1,13 @@
 """An architecture: the op chosen at every choice node of a space (the derived network)."""
 from __future__ import annotations
 
+import io
 from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+from rich.console import Console
 from rich.table import Table
 from torch import Tensor
 
@@ -72,6 +74,15 @@ class Architecture(BaseModel):
         """Nodes where the two architectures choose differently: node -> (self, other)."""
         return {n: (a, other.choices.get(n, "-")) for n, a in self.choices.items()
                 if other.choices.get(n) != a}
+
+    def __str__(self) -> str:
+        """The table as plain text: ``print(arch)`` shows it."""
+        console = Console(file=io.StringIO(), width=120, color_system=None)
+        console.print(self.table())
+        return console.file.getvalue()  # type: ignore[attr-defined]
+
+    def __rich__(self) -> Table:
+        return self.table()
 
     def table(self, top: int = 3) -> Table:
         t = Table(title=f"architecture of space {self.space.name!r}")

@@ -1,10 +1,11 @@
 """A choice node: the candidate ops of one architecture decision and how they are evaluated.
 
-Three modes:
-- ``weighted``: the DARTS relaxation, ``sum_o softmax(alpha)_o * o(x)`` (paper.md Eq. 1);
-- ``sampled``: one candidate, picked per batch by a strategy (single-path one-shot, SPOS);
-- ``fixed``: one candidate, named by an ``Architecture`` (scoring a derived architecture
-  inside the supernet with the shared weights).
+Two modes:
+- ``weighted``: the DARTS relaxation, ``sum_o softmax(alpha)_o * o(x)`` (Zhao et al. 2021,
+  Eq. 1);
+- ``single``: the one candidate last ``select``-ed, whoever picked it: a strategy sampling a
+  path per batch (single-path one-shot, SPOS) or an ``Architecture`` scored inside the
+  supernet with the shared weights.
 """
 from __future__ import annotations
 
@@ -13,10 +14,11 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from nasframe.errors import ConfigError, SpaceError
 from nasframe.ops import Context
 
-Mode = Literal["weighted", "sampled", "fixed"]
-MODES: tuple[Mode, ...] = ("weighted", "sampled", "fixed")
+Mode = Literal["weighted", "single"]
+MODES: tuple[Mode, ...] = ("weighted", "single")
 
 
 class ChoiceNode(nn.Module):
@@ -32,17 +34,20 @@ class ChoiceNode(nn.Module):
 
     def set_mode(self, mode: Mode, active: int | str | None = None) -> None:
         if mode not in MODES:
-            raise ValueError(f"choice mode must be one of {MODES}, got {mode!r}")
+            raise ConfigError(f"choice mode must be one of {MODES}, got {mode!r}")
         self.mode = mode
         if active is not None:
             self.select(active)
 
     def select(self, op: int | str) -> None:
-        """Pick the candidate that ``sampled``/``fixed`` mode evaluates (index or label)."""
+        """Pick the candidate that ``single`` mode evaluates (index or label)."""
         if isinstance(op, str):
             if op not in self.labels:
-                raise ValueError(f"{self.name}: {op!r} is not a candidate ({self.labels})")
+                raise SpaceError(f"{self.name}: {op!r} is not a candidate ({self.labels})")
             op = self.labels.index(op)
+        if not 0 <= int(op) < len(self.labels):
+            raise SpaceError(f"{self.name}: index {op} out of range for {len(self.labels)} "
+                             "candidates")
         self.active = int(op)
 
     def weights(self) -> Tensor:

@@ -4,13 +4,15 @@ Subcommands live in the package ``nasframe.commands``: every module there expose
 ``register(subparsers)``, adds its parser(s) and sets ``func`` (``func(args) -> int | None``)
 with ``set_defaults``. This file only discovers them, so adding a command never touches it.
 
-Errors meant for users (``NasframeError``) are printed as ``error: <message>`` without a
-traceback and exit with code 2, the same code argparse uses for a bad flag.
+Errors meant for users (``NasframeError``, and OS errors on the user's files) are printed as
+one ``error: <message>`` line without a traceback and exit with code 2, the same code argparse
+uses for a bad flag; a diverged run (``NonFiniteError``) exits with code 3.
 """
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import pkgutil
 import sys
 from collections.abc import Sequence
@@ -46,7 +48,46 @@ def build_parser() -> argparse.ArgumentParser:
         register = getattr(module, "register", None)
         if register is not None:
             register(sub)
+    for command in sub.choices.values():
+        _add_common_arguments(command)
     return parser
+
+
+def _add_common_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("every command")
+    group.add_argument("--import", dest="imports", action="append", default=[],
+                       metavar="MODULE_OR_FILE.py",
+                       help="import a module or a Python file first, e.g. one that registers "
+                            "your ops or spaces (repeatable; recorded in run directories)")
+    group.add_argument("--threads", type=int, default=None, metavar="N",
+                       help="torch CPU threads (default: all cores; bitwise resume needs the "
+                            "same number; use 1 when other work shares the machine)")
+
+
+#: Commands that compute enough for the thread count to matter.
+_HEAVY = {"search", "train", "translate", "evaluate", "quickstart", "compare", "select", "bench"}
+
+
+def _setup(args: argparse.Namespace) -> None:
+    """Threads, then the user's modules: both before the command builds anything."""
+    import torch
+
+    from nasframe.errors import ConfigError
+    from nasframe.plugins import import_user_code
+
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ConfigError(f"--threads {args.threads}: must be at least 1")
+        torch.set_num_threads(args.threads)
+    elif args.command in _HEAVY and "OMP_NUM_THREADS" not in os.environ:
+        cores = os.cpu_count() or 1
+        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+        if cores > 1 and load > 0.5:
+            print(f"hint: the machine is busy (load {load:.1f} on {cores} cores); with "
+                  f"{torch.get_num_threads()} torch threads this can run many times slower "
+                  "than with --threads 1", file=sys.stderr)
+    for spec in args.imports:
+        import_user_code(spec)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -58,9 +99,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
     try:
+        _setup(args)
         code = func(args)
     except NasframeError as err:
         print(f"error: {err}", file=sys.stderr)
+        return getattr(err, "exit_code", EXIT_USAGE)
+    except OSError as err:  # a file of the user's that the commands did not check first
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"error: {where}{err.strerror or err}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

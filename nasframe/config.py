@@ -1,6 +1,6 @@
 """Search configuration: pydantic models, named presets, TOML files, dotted overrides.
 
-Precedence, lowest first: field defaults (the paper's settings, paper.md §5) < preset < TOML
+Precedence, lowest first: field defaults (the paper's settings, Zhao et al. 2021 §5) < preset < TOML
 file < command-line flags. A run directory records the final config as ``config.json``, so a
 resumed or reproduced run never depends on which of these produced it.
 
@@ -10,17 +10,22 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from nasframe.data.spec import DataSpec
 from nasframe.errors import ConfigError, describe_validation_error
 from nasframe.supernet import ModelConfig
 
 __all__ = [
-    "DataConfig", "OptimConfig", "EvolutionConfig", "SearchConfig", "PRESETS", "preset_names",
+    "DataConfig", "WeightOptim", "OptimConfig", "EvolutionConfig", "SearchConfig", "PRESETS",
+    "preset_names", "PRESET_HELP", "default_preset", "TrainConfig", "TRAIN_PRESETS",
     "load_config", "apply_overrides",
 ]
+
+
+C = TypeVar("C", "SearchConfig", "TrainConfig")
 
 
 class _Section(BaseModel):
@@ -38,29 +43,49 @@ class DataConfig(_Section):
     max_len: int = Field(250, ge=1, description="drop real-text pairs with a side longer "
                          "than this (subword tokens)")
     split: tuple[float, float] = Field((2.5, 2.0), description="search-train : search-valid "
-                                       "ratio (paper.md §5: 2.5M / 2.0M)")
+                                       "ratio (Zhao et al. 2021 §5: 2.5M / 2.0M)")
     synthetic_pairs: int = Field(9000, ge=2, description="pairs of a synthetic task, both "
                                  "splits together")
     synthetic_len: tuple[int, int] = Field((4, 12), description="min and max length of a "
                                            "synthetic sequence")
+    src: str | None = Field(None, description="source side as a text file (with tgt: "
+                            "instead of source)")
+    tgt: str | None = Field(None, description="target side, aligned with src")
+    holdout: tuple[float, float] = Field((0.05, 0.05), description="valid and test fractions "
+                                         "held out of a corpus without splits (never searched)")
+    holdout_seed: int = Field(0, description="seed of that hold-out (the same for training)")
+
+    def spec(self) -> DataSpec:
+        """The real-text corpus this names, as training names it."""
+        if self.src is not None or self.tgt is not None:
+            return DataSpec(src=self.src, tgt=self.tgt, holdout=self.holdout,
+                            holdout_seed=self.holdout_seed)
+        return DataSpec(data=self.source, holdout=self.holdout, holdout_seed=self.holdout_seed)
 
 
-class OptimConfig(_Section):
-    """The two Adam optimisers of the bilevel search (paper.md §5) and the shared loss."""
+class WeightOptim(_Section):
+    """How the weights w are optimised: the section search and re-training share (Zhao et al. 2021
+    §5: Adam, inverse-square-root warmup, label smoothing 0.1)."""
 
     lr: float = Field(7e-4, gt=0, description="peak learning rate of the weights w")
     warmup: int = Field(4000, ge=1, description="inverse-sqrt schedule warmup updates")
     betas: tuple[float, float] = (0.9, 0.98)
     eps: float = Field(1e-9, gt=0)
     weight_decay: float = Field(0.0, ge=0, description="weight decay of w (ours)")
-    clip_norm: float | None = Field(1.0, description="max gradient norm of w; None: no "
+    clip_norm: float | None = Field(1.0, gt=0, description="max gradient norm of w; None: no "
                                     "clipping (ours)")
+    label_smoothing: float = Field(0.1, ge=0, lt=1)
+
+
+class OptimConfig(WeightOptim):
+    """The two Adam optimisers of the bilevel search (Zhao et al. 2021 §5): w as in re-training, and
+    the alphas."""
+
     alpha_lr: float = Field(3e-4, gt=0, description="learning rate of the alphas (fixed)")
     alpha_betas: tuple[float, float] = (0.5, 0.999)
     alpha_weight_decay: float = Field(1e-3, ge=0)
     alpha_warmup: int = Field(0, ge=0, description="updates that train only w before the "
                               "alphas start moving (ours; 0 as in the paper)")
-    label_smoothing: float = Field(0.1, ge=0, lt=1)
     second_order: bool = Field(False, description="DARTS second-order alpha gradient "
                                "(finite-difference Hessian-vector product)")
     unrolled_lr: float | None = Field(None, gt=0, description="xi of the unrolled step "
@@ -97,9 +122,14 @@ class SearchConfig(_Section):
     keep_checkpoints: int | None = Field(None, ge=1, description="keep only the newest k "
                                          "checkpoint files; None: keep all")
     log_every: int = Field(100, ge=1, description="updates between metrics lines")
+    skip_nonfinite: int = Field(0, ge=0, description="batches with a non-finite loss or "
+                                "gradient that may be skipped (w and alpha unchanged) before "
+                                "the run stops; 0: stop at the first")
     seed: int = 1
     device: str = Field("auto", description="'auto', 'cpu', 'cuda', 'cuda:1', ...")
     dtype: Literal["float32", "float64"] = "float32"
+    precision: Literal["fp32", "bf16"] = Field("fp32", description="fp32, or bf16 autocast "
+                                               "of the ops (the reversible stream stays fp32)")
     model: ModelConfig = Field(default_factory=lambda: ModelConfig(d_model=960, embed_dim=256))
     data: DataConfig = Field(default_factory=DataConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)
@@ -113,7 +143,7 @@ class SearchConfig(_Section):
 
     @classmethod
     def preset_config(cls, name: str) -> SearchConfig:
-        """``tiny`` (CPU, minutes), ``small``, ``paper`` (paper.md §5)."""
+        """``tiny`` (CPU, minutes), ``small``, ``paper`` (Zhao et al. 2021 §5)."""
         if name not in PRESETS:
             raise ConfigError(f"preset: unknown preset {name!r}; choose one of "
                               f"{', '.join(preset_names())}")
@@ -133,7 +163,7 @@ class SearchConfig(_Section):
 # The paper preset is the field defaults; the others change only what they name.
 PRESETS: dict[str, dict[str, Any]] = {
     "paper": {},
-    "small": {  # paper.md Table 5 "small" search size (E, d) = (128, 240)
+    "small": {  # Zhao et al. 2021 Table 5 "small" search size (E, d) = (128, 240)
         "steps": 10000, "checkpoint_every": 2000, "log_every": 50,
         "model": {"d_model": 240, "embed_dim": 128},
         "data": {"max_tokens": 2048},
@@ -155,30 +185,112 @@ def preset_names() -> list[str]:
     return list(PRESETS)
 
 
-def load_config(path: str | Path, base: SearchConfig | None = None) -> SearchConfig:
+#: What each preset is for, as --help and the "chose preset" line say it.
+PRESET_HELP = {"tiny": "CPU, minutes: search ~2 min, re-training ~5 min on 2 cores",
+               "small": "one GPU, about an hour (not yet timed)",
+               "paper": "the paper's sizes, days on one GPU (not yet timed)"}
+
+
+def default_preset(device: str = "auto") -> str:
+    """The preset a command uses when none is given: ``tiny`` on a CPU, ``small`` on a GPU."""
+    import torch
+
+    gpu = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+    return "small" if gpu else "tiny"
+
+
+class TrainConfig(WeightOptim):
+    """How to re-train a fixed architecture. Values the paper does not state are *(ours)*."""
+
+    preset: str | None = None
+    model: ModelConfig = Field(default_factory=lambda: ModelConfig(d_model=528, embed_dim=512,
+                                                                   blocks=3))
+    vocab_size: int = Field(8000, ge=5, description="joint sentencepiece vocabulary size")
+    max_len: int = Field(250, ge=1, description="drop pairs with a side longer than this")
+    max_tokens: int = Field(4096, ge=1, description="token budget of a batch")
+    steps: int | None = Field(100_000, ge=1, description="updates; None: only the time limit")
+    minutes: float | None = Field(None, gt=0, description="wall-clock limit of training")
+    checkpoint_every: int = Field(1000, ge=1, description="updates between checkpoints")
+    valid_every: int | None = Field(None, ge=1, description="updates between validations; "
+                                    "None: at every checkpoint")
+    keep_checkpoints: int = Field(5, ge=1, description="numbered checkpoints kept")
+    average_last: int = Field(0, ge=0, description="average the last k numbered checkpoints")
+    log_every: int = Field(50, ge=1)
+    skip_nonfinite: int = Field(0, ge=0, description="batches with a non-finite loss or "
+                                "gradient that may be skipped before the run stops")
+    seed: int = 1
+    device: str = Field("auto", description="'auto', 'cpu', 'cuda', 'cuda:1', ...")
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32", description="fp32, or autocast in bf16 or fp16 (fp16 with a gradient scaler)")
+
+    def __init__(self, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as err:
+            raise ConfigError(describe_validation_error(err, root="train", field_prefix="train.")
+                              ) from None
+        if self.steps is None and self.minutes is None:
+            raise ConfigError("train: give steps or minutes (or both): training needs an end")
+
+    @classmethod
+    def preset_config(cls, name: str, **overrides: Any) -> TrainConfig:
+        """``tiny`` (CPU, minutes), ``small`` (one GPU, hours), ``paper`` (base size)."""
+        if name not in TRAIN_PRESETS:
+            raise ConfigError(f"preset: unknown preset {name!r}; choose one of "
+                              f"{', '.join(TRAIN_PRESETS)}")
+        data = {**TRAIN_PRESETS[name], "preset": name}
+        data["model"] = ModelConfig(**data["model"])
+        return cls(**{**data, **{k: v for k, v in overrides.items() if v is not None}})
+
+
+# d_model must split evenly into 2 and 3 splits of a width divisible by 8 heads: 48 | d.
+TRAIN_PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": {  # 2 CPU cores, ~5 minutes (1,500 updates took 254 s): a demonstration
+        "model": {"d_model": 144, "embed_dim": 128, "blocks": 1, "dropout": 0.1},
+        "vocab_size": 4000, "max_tokens": 1536, "steps": 1500, "lr": 2e-3, "warmup": 300,
+        "checkpoint_every": 500, "log_every": 10,
+    },
+    "small": {  # one GPU, about an hour (Zhao et al. 2021 Fig. 5 "small": d = 128..256)
+        "model": {"d_model": 288, "embed_dim": 256, "blocks": 2, "dropout": 0.1},
+        "vocab_size": 8000, "max_tokens": 4096, "steps": 30_000, "lr": 1e-3, "warmup": 2000,
+        "checkpoint_every": 2000, "average_last": 5, "log_every": 50,
+    },
+    "paper": {  # base size (Zhao et al. 2021 §5: E = 512, ~62.5M parameters); d rounded to 48 | d
+        "model": {"d_model": 528, "embed_dim": 512, "blocks": 3, "dropout": 0.1},
+        "vocab_size": 32000, "max_tokens": 4096, "steps": 100_000, "lr": 7e-4,
+        "warmup": 4000, "checkpoint_every": 2000, "average_last": 5, "log_every": 100,
+    },
+}
+
+
+def load_config(path: str | Path, base: C | None = None,
+                kind: type[C] | None = None) -> C:
     """Read a TOML file over ``base`` (or over its own ``preset = "..."``, else the defaults).
 
-    Sections mirror the model: top-level fields, then ``[model]``, ``[data]``, ``[optim]``,
-    ``[evolution]``.
+    ``kind`` is SearchConfig (the default) or TrainConfig. A search TOML has top-level fields,
+    then ``[model]``, ``[data]``, ``[optim]``, ``[evolution]`` sections; a training TOML
+    top-level fields and ``[model]``.
     """
     path = Path(path)
+    cls: Any = kind or (type(base) if base is not None else SearchConfig)
     if not path.is_file():
         raise ConfigError(f"{path}: no such config file")
     try:
         table = tomllib.loads(path.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as err:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
         raise ConfigError(f"{path}: {err}") from None
     if base is None:
         preset = table.get("preset")
-        base = SearchConfig.preset_config(preset) if isinstance(preset, str) else SearchConfig()
+        base = cls.preset_config(preset) if isinstance(preset, str) else cls()
     try:
         return apply_overrides(base, _flatten(table))
     except ConfigError as err:
         raise ConfigError(f"{path}: {err}") from None
 
 
-def apply_overrides(config: SearchConfig, overrides: dict[str, Any]) -> SearchConfig:
-    """A copy of ``config`` with dotted keys replaced (``{"model.d_model": 96}``), validated."""
+def apply_overrides(config: C, overrides: dict[str, Any]) -> C:
+    """A copy of ``config`` (a SearchConfig or TrainConfig) with dotted keys replaced
+    (``{"model.d_model": 96}``), validated."""
     data = config.model_dump()
     for key, value in overrides.items():
         node, parts = data, key.split(".")
@@ -190,7 +302,7 @@ def apply_overrides(config: SearchConfig, overrides: dict[str, Any]) -> SearchCo
             known = ", ".join(sorted(node))
             raise ConfigError(f"{key}: unknown setting (known here: {known})")
         node[parts[-1]] = value
-    return SearchConfig(**data)
+    return type(config)(**data)
 
 
 def parse_assignment(text: str) -> tuple[str, Any]:

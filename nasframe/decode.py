@@ -26,7 +26,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from nasframe.data.vocab import BOS_ID, EOS_ID, PAD_ID, Vocab
+from nasframe.data.vocab import BOS_ID, EOS_ID, PAD_ID
 from nasframe.errors import ConfigError
 from nasframe.ops import IncrementalState
 from nasframe.supernet import Supernet
@@ -38,7 +38,6 @@ __all__ = [
     "decoding_speed",
     "greedy",
     "length_penalty",
-    "translate",
     "translate_ids",
 ]
 
@@ -282,22 +281,6 @@ def _batches(order: list[int], sources: Sequence[Sequence[int]], beam: int, max_
     if current:
         batches.append(current)
     return batches
-
-
-def translate(model: Supernet, vocab: Vocab, sentences: Sequence[str], beam: int = 5,
-              alpha: float = 1.0, style: PenaltyStyle = "fairseq", max_len_a: float = 1.2,
-              max_len_b: int = 10, max_source_len: int = 250, max_tokens: int = 16000,
-              incremental: bool = True) -> list[str]:
-    """Translate sentences to detokenised text (the model is put in eval mode).
-
-    Sources longer than ``max_source_len`` subwords are cut there: the model never saw longer
-    ones and its positions past them are untrained.
-    """
-    opt = DecodeOptions(beam, alpha, style, max_len_a, max_len_b, incremental)
-    model.eval()
-    sources = [ids[:max_source_len] for ids in vocab.encode_many(list(sentences))]
-    outputs = translate_ids(model, sources, opt, max_tokens)
-    return [vocab.decode(ids) for ids in outputs]
 
 
 def decoding_speed(model: Supernet, sources: Sequence[Sequence[int]], beam: int = 5,

@@ -24,6 +24,21 @@ class CheckpointError(NasframeError):
     """A checkpoint or run directory cannot be used."""
 
 
+class RunDirError(CheckpointError):
+    """A run directory cannot be created, written or read as asked (wrong kind, not a run,
+    a folder of the user's own files)."""
+
+
+class DiskFullError(RunDirError):
+    """No space left on the device while writing a run's file; nothing was half written."""
+
+
+class NonFiniteError(NasframeError):
+    """Training diverged: a loss or gradient is not finite. The CLI exits with code 3."""
+
+    exit_code = 3
+
+
 def describe_validation_error(err: Any, *, root: str, field_prefix: str = "",
                               skip: tuple[str, ...] = (), sep: str = "; ") -> str:
     """One ``field: message`` per error of a pydantic ``ValidationError``.

@@ -6,13 +6,17 @@ holds everything the next update depends on (supernet weights and alphas, the st
 optimisers, the RNG states and both data positions), so a run killed after a checkpoint and
 resumed ends bitwise equal to one that never stopped (on CPU).
 
-Run directory::
+The run directory (``nasframe.rundir``, kind ``search``)::
 
-    config.json  space.json  run.json     what was searched, recorded at the start
+    run.json  config.json  space.json  vocab.model   what was searched, recorded at the start
     metrics.jsonl                         one JSON line per ``log_every`` updates
-    checkpoint_{N}.pt                     every ``checkpoint_every`` updates and at the end
+    checkpoints/checkpoint_{N}.pt         every ``checkpoint_every`` updates and at the end
     arch_step{N}.json  arch.json          derived architecture at each checkpoint / latest
     result.json                           final architecture, metrics (and candidates)
+
+A non-finite loss or gradient stops the run (``NonFiniteError``) before anything of that
+update is written, unless ``skip_nonfinite`` allows skipping the batch (the built-in
+strategies then leave w and alpha unchanged).
 
 Under ``torchrun`` (WORLD_SIZE > 1) gradients are averaged across processes and rank 0
 writes every file.
@@ -22,7 +26,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -36,8 +39,10 @@ from rich.progress import MofNCompleteColumn, Progress, TextColumn
 from torch import Tensor
 
 from nasframe.architecture import Architecture
-from nasframe.errors import CheckpointError, ConfigError
-from nasframe.runtime import atomic_save, atomic_write_text, progress_bar, rng_state, set_rng_state
+from nasframe.errors import CheckpointError, ConfigError, NonFiniteError
+from nasframe.resume import record_session
+from nasframe.rundir import RunDir, check_finite, divergence
+from nasframe.runtime import progress_bar, rng_state, set_rng_state
 from nasframe.space import Sequential
 from nasframe.strategy import SearchContext, Strategy
 
@@ -46,11 +51,7 @@ if TYPE_CHECKING:
     from nasframe.data import Batch, TokenBatcher
     from nasframe.supernet import Supernet
 
-__all__ = ["Executor", "SearchResult", "World", "alpha_entropy", "find_checkpoint",
-           "load_checkpoint_file"]
-
-CHECKPOINT_FORMAT = 1
-_CKPT = re.compile(r"^checkpoint_(\d+)\.pt$")
+__all__ = ["Executor", "SearchResult", "World", "alpha_entropy"]
 
 
 @dataclass
@@ -67,10 +68,7 @@ class SearchResult:
     candidates: list[tuple[Architecture, float]] = field(default_factory=list)
     supernet: Supernet | None = field(default=None, repr=False)
     strategy: Strategy | None = field(default=None, repr=False)
-
-    @property
-    def probabilities(self) -> dict[str, dict[str, float]] | None:
-        return self.architecture.probabilities
+    skipped: int = 0
 
 
 # ----------------------------------------------------------------------------- DDP
@@ -145,27 +143,6 @@ def alpha_entropy(supernet: Supernet) -> float | None:
     return float(torch.stack(ent).mean())
 
 
-def find_checkpoint(run_dir: Path) -> Path | None:
-    """The checkpoint with the highest update number in ``run_dir``."""
-    found = [(int(m.group(1)), p) for p in run_dir.glob("checkpoint_*.pt")
-             if (m := _CKPT.match(p.name))]
-    return max(found)[1] if found else None
-
-
-def load_checkpoint_file(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such checkpoint")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise CheckpointError(f"{path}: not a readable checkpoint ({err})") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{path}: not a nasframe search checkpoint "
-                              f"(format {CHECKPOINT_FORMAT})")
-    return ckpt
-
-
 def check_backbone(strategy: Strategy, supernet: Supernet) -> None:
     if getattr(strategy, "backbone", "any") != "reversible":
         return
@@ -183,21 +160,23 @@ class Executor:
     """Runs ``strategy`` on ``supernet`` with two batch streams for ``config.steps`` updates.
 
     ``valid_scoring`` is a fixed list of search-valid batches for scoring architectures
-    (``SearchContext.valid_batches``). ``out=None`` runs without writing anything.
+    (``SearchContext.valid_batches``). ``run=None`` runs without writing anything; under
+    torchrun every process holds the RunDir and rank 0 writes.
     """
 
     def __init__(self, supernet: Supernet, strategy: Strategy, train: TokenBatcher,
-                 valid: TokenBatcher, config: SearchConfig, out: str | Path | None = None, *,
+                 valid: TokenBatcher, config: SearchConfig, run: RunDir | None = None, *,
                  valid_scoring: list[Batch] | None = None, device: torch.device | None = None,
-                 world: World | None = None, progress: bool = False,
-                 run_info: dict[str, Any] | None = None) -> None:
+                 world: World | None = None, progress: bool = False) -> None:
         self.net, self.strategy, self.config = supernet, strategy, config
         self.train, self.valid = train, valid
         self.device = device or next(supernet.parameters()).device
         self.world = world or World()
-        self.out = Path(out) if out is not None else None
-        self.progress, self.run_info = progress, dict(run_info or {})
+        self.run_dir = run
+        self.writes = run is not None and self.world.main
+        self.progress = progress
         self.history: list[dict[str, Any]] = []
+        self.skipped = 0
         scoring = [b.to(self.device) for b in (valid_scoring or [])]
         self.ctx = SearchContext(supernet, config, self.device, self.world.world_size,
                                  self.world.rank, valid_batches=lambda: iter(scoring),
@@ -208,7 +187,13 @@ class Executor:
 
     # -- public -----------------------------------------------------------------------------
     def run(self, resume: bool = False) -> SearchResult:
-        start = self._resume() if resume else self._fresh()
+        start = self._resume() if resume else 0
+        if self.writes:
+            assert self.run_dir is not None
+            self.run_dir.write_text("config.json", self.config.to_json())  # e.g. more steps
+            record_session(self.run_dir, start, self.world.world_size, str(self.device),
+                           Console(stderr=True))
+        self.world.barrier()
         self.net.train()
         steps = self.config.steps
         if start < steps:
@@ -216,27 +201,13 @@ class Executor:
         return self._finish()
 
     # -- start ------------------------------------------------------------------------------
-    def _fresh(self) -> int:
-        if self.out is not None and self.world.main:
-            if find_checkpoint(self.out) is not None:
-                raise CheckpointError(f"{self.out}: already holds checkpoints; resume it "
-                                      "(--resume) or choose another output directory")
-            self.out.mkdir(parents=True, exist_ok=True)
-            (self.out / "metrics.jsonl").write_text("", encoding="utf-8")
-            atomic_write_text(self.config.to_json(), self.out / "config.json")
-            atomic_write_text(self.net.space.to_json(), self.out / "space.json")
-            info = {"strategy": self.strategy.name, "space": self.net.space.name,
-                    "space_digest": self.net.space.digest(), "vocab_size": self.net.vocab_size,
-                    "world_size": self.world.world_size, **self.run_info}
-            atomic_write_text(json.dumps(info, indent=2), self.out / "run.json")
-        self.world.barrier()
-        return 0
-
     def _resume(self) -> int:
-        path = find_checkpoint(self.out) if self.out is not None else None
+        if self.run_dir is None:
+            raise CheckpointError("resume needs a run directory (out=...)")
+        path = self.run_dir.latest()
         if path is None:
-            raise CheckpointError(f"{self.out}: no checkpoint to resume from")
-        ckpt = load_checkpoint_file(path)
+            raise CheckpointError(f"{self.run_dir.path}: no checkpoint to resume from")
+        ckpt = self.run_dir.load(path)
         if ckpt["strategy_name"] != self.strategy.name:
             raise CheckpointError(f"{path}: written by strategy {ckpt['strategy_name']!r}, "
                                   f"not {self.strategy.name!r}")
@@ -249,16 +220,14 @@ class Executor:
         self.strategy.load_state_dict(ckpt["strategy"])
         self.train.load_state_dict(ckpt["data"]["train"])
         self.valid.load_state_dict(ckpt["data"]["valid"])
+        self.history, self.skipped = list(ckpt.get("history", [])), int(ckpt.get("skipped", 0))
+        if self.writes:  # a kill may have come between the checkpoint and these files
+            self.run_dir.truncate_metrics(step)
+            self._write_architecture(step, self.strategy.derive())
+            self.strategy.load_state_dict(ckpt["strategy"])  # as if derive had not run again
         rngs = ckpt["rng"]
         set_rng_state(rngs[self.world.rank] if self.world.rank < len(rngs) else rngs[0],
                       self.device)
-        self.history = list(ckpt.get("history", []))
-        if self.world.main:  # drop lines logged after the checkpoint by the killed run
-            assert self.out is not None
-            atomic_write_text("".join(json.dumps(h) + "\n" for h in self.history),
-                              self.out / "metrics.jsonl")
-            atomic_write_text(self.config.to_json(), self.out / "config.json")  # e.g. more steps
-        self.world.barrier()
         return step
 
     # -- loop -------------------------------------------------------------------------------
@@ -274,6 +243,10 @@ class Executor:
                 train_b = next(self.train).to(self.device)
                 val_b = next(self.valid).to(self.device)
                 metrics = self.strategy.step(train_b, val_b)
+                bad = [k for k, v in metrics.items() if not math.isfinite(float(v))]
+                if bad:
+                    self._nonfinite(step, bad)
+                    metrics = {k: v for k, v in metrics.items() if k not in bad}
                 for k, v in metrics.items():  # a metric may be absent on some updates
                     sums[k] = sums.get(k, 0.0) + float(v)
                     counts[k] = counts.get(k, 0) + 1
@@ -290,6 +263,23 @@ class Executor:
                 if step % cfg.checkpoint_every == 0 or step == steps:
                     self._checkpoint(step)
 
+    def _nonfinite(self, step: int, keys: list[str]) -> None:
+        """Skip the batch if the strategy left the parameters finite and the budget allows;
+        otherwise stop, naming the last good checkpoint."""
+        what = ", ".join(keys)
+        params = ((n, p.detach()) for n, p in self.net.named_parameters())
+        try:
+            check_finite(params, f"update {step}")
+        except NonFiniteError as err:
+            raise divergence(self.run_dir, step, f"{what} (and then {err})") from None
+        self.skipped += 1
+        if self.skipped > self.config.skip_nonfinite:
+            raise divergence(self.run_dir, step, what)
+        if self.writes:
+            assert self.run_dir is not None
+            self.run_dir.log({"event": "skip", "step": step, "what": what,
+                              "skipped": self.skipped})
+
     def _progress_bar(self) -> Progress:
         self._console = Console(stderr=True)
         shown = self.progress and self.world.main
@@ -299,48 +289,47 @@ class Executor:
                             disable=not shown or self._plain_log)
 
     def _log(self, step: int, means: dict[str, float], tokens_per_s: float) -> dict[str, Any]:
-        line: dict[str, Any] = {"step": step, **means, "tokens_per_s": tokens_per_s}
+        line: dict[str, Any] = {"event": "train", "step": step, **means,
+                                "tokens_per_s": tokens_per_s}
         entropy = alpha_entropy(self.net)
         if entropy is not None:
             line["alpha_entropy"] = entropy
-        line["time"] = time.time()
+        if self.writes:
+            assert self.run_dir is not None
+            line = self.run_dir.log(line)
+        else:
+            line["time"] = time.time()
         self.history.append(line)
-        if self.out is not None and self.world.main:
-            with open(self.out / "metrics.jsonl", "a", encoding="utf-8") as f:
-                f.write(json.dumps(line) + "\n")
         return line
 
     # -- checkpoints ------------------------------------------------------------------------
     def _checkpoint(self, step: int) -> None:
-        if self.out is None:
+        if self.run_dir is None:
             return
         arch = self.strategy.derive()  # first: it may cache what the checkpoint should hold
         rngs = self.world.gather(rng_state(self.device))
-        if self.world.main:
-            ckpt = {
-                "format": CHECKPOINT_FORMAT, "step": step,
+        if self.writes:
+            check_finite(self.alpha_items(), f"update {step}: refusing to write a checkpoint")
+            state = {
                 "strategy_name": self.strategy.name, "space_digest": self.net.space.digest(),
                 "space": self.net.space.to_json(), "config": self.config.to_json(),
                 "vocab_size": self.net.vocab_size,
                 "model": self.net.state_dict(), "strategy": self.strategy.state_dict(),
-                "rng": rngs,
+                "rng": rngs, "skipped": self.skipped,
                 "data": {"train": self.train.state_dict(), "valid": self.valid.state_dict()},
                 "history": self.history,
             }
-            atomic_save(ckpt, self.out / f"checkpoint_{step}.pt")
-            arch.save(self.out / f"arch_step{step}.json")
-            arch.save(self.out / "arch.json")
-            self._prune_checkpoints()
+            self.run_dir.save_checkpoint(step, state, keep=self.config.keep_checkpoints)
+            self._write_architecture(step, arch)
         self.world.barrier()
 
-    def _prune_checkpoints(self) -> None:
-        keep = self.config.keep_checkpoints
-        if keep is None or self.out is None:
-            return
-        found = sorted((int(m.group(1)), p) for p in self.out.glob("checkpoint_*.pt")
-                       if (m := _CKPT.match(p.name)))
-        for _, path in found[:-keep]:
-            path.unlink()
+    def alpha_items(self) -> list[tuple[str, Tensor]]:
+        return [(f"alpha {k}", v.detach()) for k, v in self.net.alpha_dict().items()]
+
+    def _write_architecture(self, step: int, arch: Architecture) -> None:
+        assert self.run_dir is not None
+        arch.save(self.run_dir.file(f"arch_step{step}.json"))
+        arch.save(self.run_dir.file("arch.json"))
 
     # -- end --------------------------------------------------------------------------------
     def _finish(self) -> SearchResult:
@@ -350,13 +339,15 @@ class Executor:
         alphas = {k: v.clone() for k, v in self.net.alpha_dict().items()} \
             if any(a.requires_grad for a in self.net.arch_parameters()) else {}
         metrics = dict(self.history[-1]) if self.history else {}
-        result = SearchResult(arch, alphas, metrics, self.history, self.ctx.step, self.out,
-                              candidates, self.net, self.strategy)
-        if self.out is not None and self.world.main:
-            summary = {"steps": self.ctx.step, "metrics": metrics,
+        out = self.run_dir.path if self.run_dir is not None else None
+        result = SearchResult(arch, alphas, metrics, self.history, self.ctx.step, out,
+                              candidates, self.net, self.strategy, self.skipped)
+        if self.writes:
+            assert self.run_dir is not None
+            summary = {"steps": self.ctx.step, "metrics": metrics, "skipped": self.skipped,
                        "architecture": json.loads(arch.to_json()),
                        "candidates": [{"choices": a.choices, "score": s} for a, s in candidates]}
-            atomic_write_text(json.dumps(summary, indent=2), self.out / "result.json")
+            self.run_dir.write_json("result.json", summary)
         return result
 
 

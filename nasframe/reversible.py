@@ -8,12 +8,22 @@ i = 1..n (Eq. 3)::
 F_i never reads X_i, so the layer inverts exactly from split n down to 1 (Eq. 4). A
 ``ReversibleStack`` of such layers keeps only its top output for backward: every lower
 activation is recomputed from it (Algorithm 1), with one evaluation of each F_i serving both
-the reconstruction and the vector-Jacobian product.
+the reconstruction and the vector-Jacobian product. ``keep_last=K`` spends memory for time:
+the top K layers run under ordinary autograd and keep their activations.
 
 The engine knows nothing about search or Transformers: each F_i is any callable
 ``f(inputs: list[Tensor], **context) -> Tensor`` shaped like X_i. Context keyword arguments are
 passed to every F_i; context tensors that require grad (an encoder output read by a decoder)
 receive their gradients.
+
+Randomness: in training every layer draws one seed per F_i from the caller's CPU generator
+and runs F_i on a generator seeded with it, in both modes, so replaying F_i's dropout needs
+8 bytes per F_i (saved for backward, counted by ``saved_tensors_hooks``) instead of a 5 KB
+generator state, and the bytes kept stay flat in depth.
+
+Mixed precision: the stream (the X/Y additions and the reconstruction) stays in the dtype of
+the stack's input (float32) while F_i may compute under autocast; the recomputation in
+backward runs under the autocast state of the forward, so it evaluates the same function.
 """
 from __future__ import annotations
 
@@ -28,7 +38,7 @@ from torch.autograd.function import once_differentiable
 __all__ = ["SplitLayer", "ReversibleStack", "default_inputs", "parse_inputs"]
 
 Ref = tuple[str, int]  # ("Y", j) or ("X", k), 0-based split index
-RngState = tuple[Tensor, Tensor | None]
+Autocast = tuple[str, bool, torch.dtype, bool]  # device type, enabled, dtype, cache
 
 
 def default_inputs(n: int) -> list[list[Ref]]:
@@ -43,23 +53,38 @@ def parse_inputs(topology: Sequence[Sequence[str]]) -> list[list[Ref]]:
 
 # ----------------------------------------------------------------------------- RNG replay
 
-def _capture_rng(device: torch.device) -> RngState:
-    cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
-    return torch.get_rng_state(), cuda
+def _draw_seeds(n: int) -> Tensor:
+    """One seed per F_i from the caller's CPU generator: all a training layer draws from it."""
+    return torch.randint(0, 2**62, (n,), dtype=torch.int64)
 
 
 @contextlib.contextmanager
-def _replay_rng(state: RngState | None, device: torch.device) -> Iterator[None]:
-    """Run the block with the RNG as it was in forward; leave the caller's RNG untouched."""
-    if state is None:
+def _seeded(seed: int | None, device: torch.device) -> Iterator[None]:
+    """Run the block on generators seeded with ``seed``; leave the caller's generators as
+    they were (its stream moved only by ``_draw_seeds``)."""
+    if seed is None:
         yield
         return
-    cpu, cuda = state
-    with torch.random.fork_rng(devices=[device] if cuda is not None else [], device_type="cuda"):
-        torch.set_rng_state(cpu)
-        if cuda is not None:
-            torch.cuda.set_rng_state(cuda, device)
+    cuda = device.type == "cuda"
+    with torch.random.fork_rng(devices=[device] if cuda else [], device_type="cuda"):
+        torch.default_generator.manual_seed(seed)
+        if cuda:
+            index = device.index if device.index is not None else torch.cuda.current_device()
+            torch.cuda.default_generators[index].manual_seed(seed)
         yield
+
+
+def _autocast_state(device: torch.device) -> Autocast:
+    kind = device.type
+    return (kind, torch.is_autocast_enabled(kind), torch.get_autocast_dtype(kind),
+            torch.is_autocast_cache_enabled())
+
+
+def _autocast(state: Autocast) -> contextlib.AbstractContextManager[Any]:
+    kind, enabled, dtype, cache = state
+    if not enabled:
+        return contextlib.nullcontext()
+    return torch.autocast(kind, dtype=dtype, enabled=True, cache_enabled=cache)
 
 
 # ----------------------------------------------------------------------------- one layer
@@ -81,6 +106,19 @@ class SplitLayer(nn.Module):
             bad = [r for r in refs if (r[0] == "X" and r[1] <= i) or (r[0] == "Y" and r[1] >= i)]
             if bad or not refs:
                 raise ValueError(f"split {i + 1}: inputs {refs} make the layer not invertible")
+        self._params: list[list[Tensor]] | None = None  # per F_i, built on first backward
+
+    def _apply(self, fn: Any, recurse: bool = True) -> SplitLayer:
+        self._params = None  # a conversion may swap parameter objects
+        return super()._apply(fn, recurse)
+
+    def _parameters_of(self, i: int) -> list[Tensor]:
+        """F_i's parameters that require grad now (the list itself is cached: walking a
+        choice node's module tree on every backward costs more than its small VJPs)."""
+        if self._params is None:
+            self._params = [list(f.parameters()) if isinstance(f, nn.Module) else []
+                            for f in self.functions]
+        return [p for p in self._params[i] if p.requires_grad]
 
     @property
     def n(self) -> int:
@@ -89,14 +127,19 @@ class SplitLayer(nn.Module):
     def _gather(self, i: int, ys: list[Tensor | None], xs: list[Tensor | None]) -> list[Tensor]:
         return [(ys if kind == "Y" else xs)[j] for kind, j in self.inputs[i]]  # type: ignore[misc]
 
-    def forward(self, x: Tensor, rng: list[RngState] | None = None, **ctx: Any) -> Tensor:
-        """Eq. 3. When ``rng`` is a list, the RNG state before each F_i is appended to it."""
+    def forward(self, x: Tensor, seeds: list[Tensor | None] | None = None,
+                **ctx: Any) -> Tensor:
+        """Eq. 3. In training each F_i runs on its own seed; ``seeds`` (a list) receives them."""
         xs: list[Tensor | None] = list(x.chunk(self.n, dim=-1))
         ys: list[Tensor | None] = [None] * self.n
+        drawn = _draw_seeds(self.n) if self.training else None
+        if seeds is not None:
+            seeds.append(drawn)
+        per_f = drawn.tolist() if drawn is not None else [None] * self.n
         for i, f in enumerate(self.functions):
-            if rng is not None:
-                rng.append(_capture_rng(x.device))
-            ys[i] = xs[i] + f(self._gather(i, ys, xs), **ctx)
+            with _seeded(per_f[i], x.device):
+                z = f(self._gather(i, ys, xs), **ctx)
+            ys[i] = xs[i] + z.to(x.dtype)  # the stream keeps its dtype under autocast
         return torch.cat(ys, dim=-1)  # type: ignore[arg-type]
 
     def inverse(self, y: Tensor, **ctx: Any) -> Tensor:
@@ -104,111 +147,157 @@ class SplitLayer(nn.Module):
         ys: list[Tensor | None] = list(y.chunk(self.n, dim=-1))
         xs: list[Tensor | None] = [None] * self.n
         for i in reversed(range(self.n)):
-            xs[i] = ys[i] - self.functions[i](self._gather(i, ys, xs), **ctx)
+            xs[i] = ys[i] - self.functions[i](self._gather(i, ys, xs), **ctx).to(y.dtype)
         return torch.cat(xs, dim=-1)  # type: ignore[arg-type]
 
     def backward_step(self, y: Tensor, dy: Tensor, ctx: dict[str, Any],
-                      grads: dict[int, Tensor], rng: Sequence[RngState] | None = None
-                      ) -> tuple[Tensor, Tensor]:
+                      grads: dict[int, Tensor], seeds: Tensor | None = None,
+                      autocast: Autocast | None = None, input_grad: bool = True
+                      ) -> tuple[Tensor, Tensor | None]:
         """Algorithm 1: from (Y, dY) return (X, dX); add parameter and context grads to ``grads``.
 
         ``grads`` maps ``id(tensor)`` to its accumulated gradient, for the parameters of every
-        F_i and the context tensors in ``ctx`` that require grad.
+        F_i and the context tensors in ``ctx`` that require grad. ``seeds``: those the forward
+        drew; ``autocast``: its autocast state; ``input_grad=False`` (the bottom layer when
+        nothing below needs a gradient) skips dX and every VJP into X.
         """
         ys = [c.detach().requires_grad_() for c in y.chunk(self.n, dim=-1)]
         g_y = list(dy.chunk(self.n, dim=-1))
         g_x: list[Tensor | None] = [None] * self.n
         xs: list[Tensor | None] = [None] * self.n
         ctx_leaves = [v for v in ctx.values() if isinstance(v, Tensor) and v.requires_grad]
+        per_f = seeds.tolist() if seeds is not None else [None] * self.n
+        amp = autocast or _autocast_state(y.device)
         for i in reversed(range(self.n)):
             f = self.functions[i]
             inp = self._gather(i, ys, xs)  # type: ignore[arg-type]
-            with _replay_rng(rng[i] if rng else None, y.device), torch.enable_grad():
+            with _seeded(per_f[i], y.device), torch.enable_grad(), _autocast(amp):
                 z = f(inp, **ctx)  # one evaluation serves reconstruction and the VJP
-            xs[i] = (ys[i] - z).detach().requires_grad_()  # Eq. 4
+            with torch.enable_grad():
+                z = z.to(y.dtype)
+            x_i = (ys[i] - z).detach()  # Eq. 4
+            xs[i] = x_i.requires_grad_() if input_grad else x_i
             if z.requires_grad:
-                params = [p for p in f.parameters() if p.requires_grad] \
-                    if isinstance(f, nn.Module) else []
-                leaves = inp + params + ctx_leaves
+                params = self._parameters_of(i)
+                wanted = [(r, t) for r, t in zip(self.inputs[i], inp) if t.requires_grad]
+                leaves = [t for _, t in wanted] + params + ctx_leaves
                 vjp = torch.autograd.grad(z, leaves, g_y[i], allow_unused=True)
-                for (kind, j), g in zip(self.inputs[i], vjp):
+                for ((kind, j), _), g in zip(wanted, vjp):
                     if g is None:
                         continue
                     if kind == "Y":
                         g_y[j] = g_y[j] + g
                     else:
                         g_x[j] = g if g_x[j] is None else g_x[j] + g
-                for t, g in zip(leaves[len(inp):], vjp[len(inp):]):
+                for t, g in zip(leaves[len(wanted):], vjp[len(wanted):]):
                     if g is not None:
                         grads[id(t)] = g if id(t) not in grads else grads[id(t)] + g
             g_x[i] = g_y[i] if g_x[i] is None else g_x[i] + g_y[i]  # identity path X_i -> Y_i
         x = torch.cat(xs, dim=-1).detach()  # type: ignore[arg-type]
-        return x, torch.cat(g_x, dim=-1)  # type: ignore[arg-type]
+        return x, (torch.cat(g_x, dim=-1) if input_grad else None)  # type: ignore[arg-type]
 
 
 # ----------------------------------------------------------------------------- the stack
 
 class _WithReconstruction(torch.autograd.Function):
-    """Runs the stack without a graph; backward reconstructs activations from the top output."""
+    """Runs layers without a graph; backward reconstructs activations from the top output.
+
+    Saved for backward (all through ``save_for_backward``, so torch's memory tools see them):
+    the top output, the context tensors that need a gradient, and one int64 seed per F_i.
+    """
 
     @staticmethod
-    def forward(fctx: Any, stack: ReversibleStack, static_ctx: dict[str, Any],
+    def forward(fctx: Any, layers: Sequence[SplitLayer], static_ctx: dict[str, Any],
                 ctx_names: tuple[str, ...], x: Tensor, *tensors: Tensor) -> Tensor:
-        ctx_tensors = tensors[:len(ctx_names)]
+        # Detached: the F_i must see plain tensors, not no-grad views of grad-requiring ones
+        # (module hooks such as MemTracker's register gradient hooks on their inputs).
+        x = x.detach()
+        ctx_tensors = [t.detach() for t in tensors[:len(ctx_names)]]
         ctx = {**static_ctx, **dict(zip(ctx_names, ctx_tensors))}
-        rngs: list[list[RngState] | None] = []
-        for layer in stack.layers:
-            rng: list[RngState] | None = [] if stack.training else None
-            x = layer(x, rng=rng, **ctx)
-            rngs.append(rng)
-        fctx.stack, fctx.static_ctx, fctx.ctx_names, fctx.rngs = stack, static_ctx, ctx_names, rngs
+        seeds: list[Tensor | None] = []
+        for layer in layers:
+            x = layer(x, seeds=seeds, **ctx)
+        drawn = [s for s in seeds if s is not None]
+        all_seeds = torch.cat(drawn) if drawn else x.new_zeros(0, dtype=torch.int64)
+        fctx.layers, fctx.static_ctx, fctx.ctx_names = layers, static_ctx, ctx_names
+        fctx.seeded = [s is not None for s in seeds]
+        fctx.autocast = _autocast_state(x.device)
         fctx.params = tensors[len(ctx_names):]
-        fctx.save_for_backward(x, *ctx_tensors)  # only the top output (and the context)
+        fctx.save_for_backward(x, all_seeds, *ctx_tensors)  # only the top output (+ context)
         return x
 
     @staticmethod
     @once_differentiable
     def backward(fctx: Any, dy: Tensor) -> tuple[Tensor | None, ...]:
-        y, *ctx_tensors = fctx.saved_tensors
-        leaves = [t.detach().requires_grad_() for t in ctx_tensors]
+        y, all_seeds, *ctx_tensors = fctx.saved_tensors
+        needs = fctx.needs_input_grad
+        leaves = [t.detach().requires_grad_(bool(need))
+                  for t, need in zip(ctx_tensors, needs[4:4 + len(ctx_tensors)])]
         ctx = {**fctx.static_ctx, **dict(zip(fctx.ctx_names, leaves))}
         grads: dict[int, Tensor] = {}
-        y = y.detach()
-        for layer, rng in zip(reversed(fctx.stack.layers), reversed(fctx.rngs)):
-            y, dy = layer.backward_step(y, dy, ctx, grads, rng)
+        layers, seeded = fctx.layers, fctx.seeded
+        ends = [0]
+        for layer, has in zip(layers, seeded):
+            ends.append(ends[-1] + (layer.n if has else 0))
+        y, g = y.detach(), dy
+        for k in reversed(range(len(layers))):
+            seeds = all_seeds[ends[k]:ends[k + 1]] if seeded[k] else None
+            y, g = layers[k].backward_step(y, g, ctx, grads, seeds, fctx.autocast,
+                                           input_grad=k > 0 or needs[3])
         ctx_grads = [grads.get(id(t)) for t in leaves]
         param_grads = [grads.get(id(p)) for p in fctx.params]
-        return (None, None, None, dy, *ctx_grads, *param_grads)
+        return (None, None, None, g, *ctx_grads, *param_grads)
 
 
 class ReversibleStack(nn.Module):
     """Split layers applied in order.
 
-    ``memory_saving=True``: backprop with reconstruction, storing only the top output.
+    ``memory_saving=True``: backprop with reconstruction, storing only the top output, except
+    for the top ``keep_last`` layers, which run under ordinary autograd and keep their
+    activations (a memory budget: 0 is the full saving, ``len(layers)`` plain autograd).
     ``memory_saving=False``: plain autograd over the same layers (the reference, and the fast
     path when memory is not the constraint).
     """
 
-    def __init__(self, layers: Sequence[SplitLayer], memory_saving: bool = True) -> None:
+    def __init__(self, layers: Sequence[SplitLayer], memory_saving: bool = True,
+                 keep_last: int = 0) -> None:
         super().__init__()
+        if keep_last < 0:
+            raise ValueError(f"keep_last must be >= 0, got {keep_last}")
         self.layers = nn.ModuleList(layers)
         self.memory_saving = memory_saving
+        self.keep_last = keep_last
 
     def forward(self, x: Tensor, **ctx: Any) -> Tensor:
         if not (self.memory_saving and torch.is_grad_enabled()):
             for layer in self.layers:
                 x = layer(x, **ctx)
             return x
-        names = tuple(k for k, v in ctx.items() if isinstance(v, Tensor) and v.requires_grad)
-        static = {k: v for k, v in ctx.items() if k not in names}
-        params = self._trainable_parameters()
-        return _WithReconstruction.apply(self, static, names, x,
-                                         *(ctx[k] for k in names), *params)
-
-    def _trainable_parameters(self) -> list[Tensor]:
-        return [p for p in self.parameters() if p.requires_grad]  # deduplicated: shared alphas
+        split = max(len(self.layers) - self.keep_last, 0)
+        lower = list(self.layers)[:split]
+        if lower:
+            names = tuple(k for k, v in ctx.items() if isinstance(v, Tensor) and v.requires_grad)
+            static = {k: v for k, v in ctx.items() if k not in names}
+            params = _trainable_parameters(lower)
+            x = _WithReconstruction.apply(lower, static, names, x,
+                                          *(ctx[k] for k in names), *params)
+        for layer in list(self.layers)[split:]:
+            x = layer(x, **ctx)
+        return x
 
     def inverse(self, y: Tensor, **ctx: Any) -> Tensor:
         for layer in reversed(self.layers):
             y = layer.inverse(y, **ctx)
         return y
+
+
+def _trainable_parameters(layers: Sequence[nn.Module]) -> list[Tensor]:
+    """Parameters that require grad, each once (shared alphas appear in several layers)."""
+    seen: set[int] = set()
+    out = []
+    for layer in layers:
+        for p in layer.parameters():
+            if p.requires_grad and id(p) not in seen:
+                seen.add(id(p))
+                out.append(p)
+    return out

@@ -6,12 +6,16 @@ an import cycle.
 """
 from __future__ import annotations
 
+import contextlib
+import errno
+import io
 import math
 import os
 import random
+import re
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -26,18 +30,22 @@ from rich.progress import (
 )
 from torch import Tensor
 
-from nasframe.errors import ConfigError
+from nasframe.errors import ConfigError, DiskFullError, RunDirError
 
 __all__ = [
+    "Precision",
     "atomic_save",
+    "autocast",
     "atomic_write_bytes",
     "atomic_write_text",
+    "clean_temporaries",
     "inverse_sqrt",
     "label_smoothed_loss",
     "progress_bar",
     "resolve_device",
     "rng_state",
     "seed_everything",
+    "set_random_state",
     "set_rng_state",
 ]
 
@@ -57,6 +65,23 @@ def resolve_device(name: str) -> torch.device:
         raise ConfigError(f"device: {name!r} requested but CUDA is not available here "
                           "(use cpu or auto)")
     return device
+
+
+# ----------------------------------------------------------------------------- precision
+
+Precision = Literal["fp32", "bf16", "fp16"]
+_AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def autocast(precision: Precision, device: torch.device) -> contextlib.AbstractContextManager:
+    """Mixed precision for a forward pass: ``fp32`` runs as is; ``bf16``/``fp16`` run the
+    ops autocast allows in that dtype (the reversible stream stays float32, see
+    ``nasframe.reversible``), with losses computed in float32."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    if precision not in _AUTOCAST:
+        raise ConfigError(f"precision: {precision!r} is not one of fp32, bf16, fp16")
+    return torch.autocast(device_type=device.type, dtype=_AUTOCAST[precision])
 
 
 # ----------------------------------------------------------------------------- random state
@@ -92,40 +117,89 @@ def set_rng_state(state: dict[str, Any], device: torch.device) -> None:
     random.setstate((version, tuple(internal), gauss))
 
 
+def set_random_state(rng: random.Random, state: Any) -> None:
+    """``rng.setstate(state)`` for a state that went through a checkpoint (``rng.getstate()``
+    saves as plain data that ``weights_only`` loading accepts, but may come back with lists
+    where ``random`` wants tuples)."""
+    version, internal, gauss = state
+    rng.setstate((version, tuple(internal), gauss))
+
+
 # ----------------------------------------------------------------------------- atomic files
 
-def _atomic(path: Path, write: Callable[[Path], object]) -> None:
-    """``write`` a temporary file beside ``path``, then os.replace it: a kill never leaves half
-    a file. The temporary name is unique per process and removed if writing fails."""
+_TMP = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.tmp$")
+
+
+def _atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to a temporary file beside ``path``, fsync it, then os.replace it: a kill
+    never leaves half a file. The temporary name carries the pid (``clean_temporaries`` knows
+    whose it is) and is removed if writing fails; a full disk is one clear error."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        write(tmp)
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         tmp.unlink(missing_ok=True)
+        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise DiskFullError(f"{path}: no space left on device; nothing was half written"
+                                ) from None
+        if isinstance(err, OSError):
+            raise RunDirError(f"{path}: cannot write ({err.strerror or err})") from None
         raise
 
 
 def atomic_save(obj: Any, path: str | Path) -> None:
-    """``torch.save(obj, path)``, atomically."""
-    _atomic(Path(path), lambda tmp: torch.save(obj, tmp))
+    """``torch.save(obj, path)``, atomically. Serialised in memory first, so a full disk
+    fails in the write (one ``DiskFullError``), never inside torch's zip writer."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    _atomic(Path(path), buffer.getvalue())
 
 
 def atomic_write_bytes(data: bytes, path: str | Path) -> None:
     """``path.write_bytes(data)``, atomically."""
-    _atomic(Path(path), lambda tmp: tmp.write_bytes(data))
+    _atomic(Path(path), data)
 
 
 def atomic_write_text(text: str, path: str | Path) -> None:
     """``path.write_text(text)`` in UTF-8, atomically."""
-    _atomic(Path(path), lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    _atomic(Path(path), text.encode("utf-8"))
+
+
+def clean_temporaries(folder: str | Path) -> list[Path]:
+    """Remove the temporaries that killed processes left in ``folder`` (those of live
+    processes are kept); returns what was removed."""
+    removed = []
+    for tmp in Path(folder).glob(".*.tmp"):
+        m = _TMP.match(tmp.name)
+        if m is None or _alive(int(m.group("pid"))):
+            continue
+        tmp.unlink(missing_ok=True)
+        removed.append(tmp)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False  # ours, but no write of ours is under way while we clean
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 # ----------------------------------------------------------------------------- optimisation
 
 def inverse_sqrt(warmup: int) -> Callable[[int], float]:
-    """Factor of the peak lr at update ``k + 1``: linear warmup, then 1/sqrt decay (paper.md §5).
+    """Factor of the peak lr at update ``k + 1``: linear warmup, then 1/sqrt decay
+    (Zhao et al. 2021 §5).
 
     ``k`` is the scheduler's count of finished updates (``LambdaLR``), so the first update
     uses 1/warmup of the peak rather than zero, update ``warmup`` the peak, and update ``s``

@@ -1,12 +1,11 @@
 """``nf.search``: one call from a space, a strategy, data and a config to a derived architecture.
 
-It resolves names (space, strategy, preset), prepares the two search streams (paper.md §5:
+It resolves names (space, strategy, preset), prepares the two search streams (Zhao et al. 2021 §5:
 the training data split 2.5 : 2.0 into search-train for w and search-valid for alpha), builds
 the supernet under a fixed seed and hands everything to the :class:`~nasframe.executor.Executor`.
 """
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,23 +19,30 @@ from nasframe.config import SearchConfig, apply_overrides, load_config
 from nasframe.data import (
     Batch,
     Pair,
+    ParallelCorpus,
     TokenBatcher,
     Vocab,
+    cache_dir,
+    corpus_split,
     encode_corpus,
     get_or_train_vocab,
-    load_split,
     split_search,
     synthetic_pairs,
 )
-from nasframe.errors import ConfigError, DataError
-from nasframe.executor import Executor, SearchResult, World, load_checkpoint_file
+from nasframe.errors import ConfigError, DataError, RunDirError
+from nasframe.executor import Executor, SearchResult, World
+from nasframe.plugins import import_user_code
+from nasframe.resume import SEARCH_RESUMABLE, resume_config
+from nasframe.rundir import RunDir, RunKind, import_recorded_code, load_checkpoint
 from nasframe.runtime import resolve_device, seed_everything
 from nasframe.space import SearchSpace
 from nasframe.strategy import SearchContext, Strategy, get_strategy
 from nasframe.supernet import Supernet
 
 __all__ = ["search", "SearchData", "prepare_data", "resolve_config", "resolve_space",
-           "resolve_device", "derive_checkpoint", "SearchResult"]
+           "derive_checkpoint", "SearchResult"]
+
+VOCAB = "vocab.model"
 
 _SYNTHETIC = "synthetic:"
 
@@ -71,12 +77,15 @@ class SearchData:
         return cls(train_b, valid_b, scoring, vocab_size, None, description)
 
 
-def prepare_data(config: SearchConfig, run_dir: str | Path | None = None,
-                 world: World | None = None) -> SearchData:
-    """``config.data.source``: ``synthetic:TASK``, ``lohelp`` or a TSV corpus (its train split).
+def prepare_data(config: SearchConfig, world: World | None = None, vocab: Vocab | None = None,
+                 corpus: ParallelCorpus | None = None) -> SearchData:
+    """``config.data``: ``synthetic:TASK``, ``lohelp``, a TSV corpus or ``src``/``tgt`` files
+    (the train split; a corpus without splits has its valid and test parts held out).
 
-    Real text gets a joint sentencepiece vocabulary trained on the training split and cached
-    in ``run_dir/vocab`` (recorded with the run), or in ``$NASFRAME_CACHE`` without a run dir.
+    Real text gets the joint sentencepiece vocabulary of the training split, from the cache
+    (``$NASFRAME_CACHE``, trained there on first use) unless ``vocab`` is given (a resumed
+    run's own copy). ``corpus`` replaces the training split named by the config (already
+    loaded, e.g. by a comparison that runs many searches on it).
     """
     world = world or World()
     dc = config.data
@@ -90,15 +99,15 @@ def prepare_data(config: SearchConfig, run_dir: str | Path | None = None,
                                 seed=config.seed + 7919)
         return SearchData.from_pairs(train, valid, dc.vocab_size, config, world,
                                      f"synthetic {task}: {len(train)} + {len(valid)} pairs")
-    corpus = load_split(dc.source, "train")
+    if corpus is None:  # a corpus without splits: the rest of its hold-out
+        corpus = corpus_split(dc.spec(), "train")
     search_train, search_valid = split_search(corpus, dc.split, seed=config.seed)
-    cache = Path(run_dir) / "vocab" if run_dir is not None else \
-        Path(os.environ.get("NASFRAME_CACHE", "~/.cache/nasframe")).expanduser() / "vocab"
-    if not world.main:
-        world.barrier()  # rank 0 trains the vocabulary once; the others load it
-    vocab = get_or_train_vocab(corpus, cache, dc.vocab_size)
-    if world.main:
-        world.barrier()
+    if vocab is None:
+        if not world.main:
+            world.barrier()  # rank 0 trains the vocabulary once; the others load it
+        vocab = get_or_train_vocab(corpus, cache_dir(), dc.vocab_size)
+        if world.main:
+            world.barrier()
     train, dropped_t = encode_corpus(search_train, vocab, dc.max_len)
     valid, dropped_v = encode_corpus(search_valid, vocab, dc.max_len)
     if not train or not valid:
@@ -137,7 +146,25 @@ def resolve_space(space: SearchSpace | str | Path, **options: Any) -> SearchSpac
         if not Path(text).is_file():
             raise ConfigError(f"space: {text}: no such file")
         return SearchSpace.from_json(Path(text))
+    if ":" in text:
+        return _space_attribute(text, options)
     return spaces.get(text, **options)
+
+
+def _space_attribute(text: str, options: dict[str, Any]) -> SearchSpace:
+    """``package.module:NAME``: a SearchSpace, or a factory called with ``options``."""
+    module, _, attribute = text.partition(":")
+    value = getattr(import_user_code(module), attribute, None)
+    if value is None:
+        raise ConfigError(f"space {text}: module {module!r} has no attribute {attribute!r}")
+    if callable(value) and not isinstance(value, SearchSpace):
+        value = value(**options)
+    elif options:
+        raise ConfigError(f"space {text}: a SearchSpace object takes no options")
+    if not isinstance(value, SearchSpace):
+        raise ConfigError(f"space {text}: is a {type(value).__name__}, not a SearchSpace")
+    return value
+
 
 
 def _strategy(strategy: str | type | Strategy | None, config: SearchConfig) -> Strategy:
@@ -164,56 +191,131 @@ def search(space: SearchSpace | str | None = None,
            data: str | SearchData | None = None,
            config: SearchConfig | str | Path | dict[str, Any] | None = None, *,
            out: str | Path | None = None, resume: bool = False, progress: bool = False,
-           steps: int | None = None) -> SearchResult:
+           steps: int | None = None, overrides: dict[str, Any] | None = None) -> SearchResult:
     """Search ``space`` with ``strategy`` and return the derived architecture and metrics.
 
     ``space``: SearchSpace, built-in name or JSON file (default: the strategy's default space).
     ``strategy``: registered name, class or instance (default: ``config.strategy``).
     ``data``: ``"synthetic:reverse"``, ``"lohelp"``, a TSV path, or a ``SearchData``
     (default: ``config.data.source``). ``config``: SearchConfig, preset name, TOML file or
-    dotted overrides. ``out``: run directory (None: write nothing). ``resume``: continue the
-    run in ``out`` from its latest checkpoint.
+    dotted overrides; ``overrides``: dotted fields replaced on top of it. ``out``: a new run
+    directory (None: write nothing).
+
+    ``resume=True`` continues the run in ``out`` from its newest checkpoint with the config,
+    space and strategy it recorded; of those, only ``nasframe.resume.SEARCH_RESUMABLE`` fields
+    may change (``steps``, ``overrides``, or a ``config`` that differs only there).
     """
-    cfg = resolve_config(config)
-    strat = _strategy(strategy, cfg)
-    updates: dict[str, Any] = {"strategy": strat.name}
-    if steps is not None:
-        updates["steps"] = steps
-    if isinstance(data, str):
-        updates["data.source"] = data
-    space_obj = resolve_space(space if space is not None else cfg.space or strat.default_space)
-    if isinstance(space, str):
-        updates["space"] = space
-    cfg = apply_overrides(cfg, updates)
+    if resume:
+        cfg, space_obj, strat, run = _resumed(space, strategy, data, config, out, steps,
+                                              overrides or {})
+    else:
+        cfg, space_obj, strat = _fresh(space, strategy, data, config, steps, overrides or {})
+        run = None
+        if out is not None:
+            RunDir.check_new(out, RunKind.SEARCH)  # before any work: a refused --out costs nothing
 
     device = resolve_device(cfg.device)
     world = World.from_env(device)
     if device.type == "cuda" and world.world_size > 1:
         device = torch.device("cuda", world.local_rank)
-    search_data = data if isinstance(data, SearchData) else prepare_data(cfg, out, world)
+    own_vocab = Vocab.load(run.file(VOCAB)) if run is not None and run.file(VOCAB).is_file() \
+        else None
+    search_data = data if isinstance(data, SearchData) else prepare_data(cfg, world, own_vocab)
+    if out is not None and run is None:
+        run = _create_run(out, cfg, space_obj, strat, search_data, world)
     seed_everything(cfg.seed)
     net = build_supernet(space_obj, cfg, search_data.vocab_size, device)
     if world.world_size > 1:  # same weights everywhere (broadcast), different dropout
         torch.manual_seed(cfg.seed + world.rank)
-    executor = Executor(net, strat, search_data.train, search_data.valid, cfg, out,
+    executor = Executor(net, strat, search_data.train, search_data.valid, cfg, run,
                         valid_scoring=search_data.scoring, device=device, world=world,
-                        progress=progress, run_info={"data": search_data.description})
+                        progress=progress)
     return executor.run(resume=resume)
 
 
+def _fresh(space: Any, strategy: Any, data: Any, config: Any, steps: int | None,
+           overrides: dict[str, Any]) -> tuple[SearchConfig, SearchSpace, Strategy]:
+    cfg = resolve_config(config)
+    strat = _strategy(strategy, cfg)
+    updates: dict[str, Any] = {"strategy": strat.name, **overrides}
+    if steps is not None:
+        updates["steps"] = steps
+    if isinstance(data, str):
+        updates["data.source"] = data
+    space_obj = resolve_space(space if space is not None else cfg.space or strat.default_space)
+    if isinstance(space, (str, Path)):
+        updates["space"] = str(space)
+    return apply_overrides(cfg, updates), space_obj, strat
+
+
+def _resumed(space: Any, strategy: Any, data: Any, config: Any, out: str | Path | None,
+             steps: int | None, overrides: dict[str, Any]
+             ) -> tuple[SearchConfig, SearchSpace, Strategy, RunDir]:
+    """The recorded config, space and strategy of the run in ``out``, checked against what
+    the call gives."""
+    if out is None:
+        raise ConfigError("resume=True needs the run directory (out=...)")
+    run = RunDir.resume(out, RunKind.SEARCH)
+    path = run.file("config.json")
+    recorded = SearchConfig.from_json(path.read_text(encoding="utf-8"), where=str(path))
+    given = dict(overrides)
+    if steps is not None:
+        given["steps"] = steps
+    if isinstance(data, str):
+        given["data.source"] = data
+    strat = _strategy(strategy if strategy is not None else recorded.strategy, recorded)
+    if strat.name != recorded.strategy:
+        raise RunDirError(f"{run.path}: was searched with strategy {recorded.strategy!r}, not "
+                          f"{strat.name!r}")
+    space_obj = SearchSpace.from_json(run.file("space.json"))
+    if space is not None and resolve_space(space).digest() != space_obj.digest():
+        raise RunDirError(f"{run.path}: was searched in another search space than "
+                          f"{space!s:.80}; resume without a space (its space.json is used)")
+    requested = resolve_config(config) if config is not None else None
+    if requested is not None:  # what the call names by argument is checked just above
+        requested = apply_overrides(requested, {"strategy": recorded.strategy,
+                                                "space": recorded.space})
+    cfg = resume_config(recorded, requested=requested, overrides=given,
+                        allowed=SEARCH_RESUMABLE, where=f"{run.path}: --resume")
+    return cfg, space_obj, strat, run
+
+
+def _create_run(out: str | Path, cfg: SearchConfig, space: SearchSpace, strat: Strategy,
+                data: SearchData, world: World) -> RunDir:
+    """The new run directory (written by rank 0; the other processes wait for it)."""
+    if world.main:
+        run = RunDir.create(out, RunKind.SEARCH, {
+            "strategy": strat.name, "space": space.name, "space_digest": space.digest(),
+            "vocab_size": data.vocab_size, "data": data.description})
+        run.write_text("space.json", space.to_json())
+        if data.vocab is not None:
+            data.vocab.save(run.file(VOCAB))
+    world.barrier()
+    return RunDir(Path(out), RunKind.SEARCH)
+
+
 def derive_checkpoint(path: str | Path) -> Architecture:
-    """Rebuild the supernet and strategy of a checkpoint and derive its architecture.
+    """Rebuild the supernet and strategy of a search checkpoint (or of a search run
+    directory's newest one) and derive its architecture.
 
     Search-valid batches are prepared only if the strategy asks for them (SPOS without a
-    stored evolution result), from the run directory that holds the checkpoint.
+    stored evolution result), with the run's own vocabulary.
     """
     path = Path(path)
-    ckpt = load_checkpoint_file(path)
+    if path.is_dir():
+        run = RunDir.open(path, RunKind.SEARCH, "derive an architecture from")
+        latest = run.latest()
+        if latest is None:
+            raise RunDirError(f"{path}: no checkpoint yet")
+        path = latest
+    run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
+    import_recorded_code(run_dir)
+    ckpt = load_checkpoint(path, RunKind.SEARCH)
     cfg = SearchConfig.from_json(ckpt["config"], where=f"{path}: config")
     space = SearchSpace.from_json(ckpt["space"])
     net = build_supernet(space, cfg, int(ckpt["vocab_size"]))
     strat = get_strategy(ckpt["strategy_name"])()
-    ctx = SearchContext(net, cfg, valid_batches=_lazy_scoring(cfg, path.parent))
+    ctx = SearchContext(net, cfg, valid_batches=_lazy_scoring(cfg, run_dir))
     strat.setup(ctx)
     net.load_state_dict(ckpt["model"])
     strat.load_state_dict(ckpt["strategy"])
@@ -226,7 +328,8 @@ def _lazy_scoring(cfg: SearchConfig, run_dir: Path) -> Callable[[], list[Batch]]
 
     def batches() -> list[Batch]:
         if not cache:
-            cache.append(prepare_data(cfg, run_dir).scoring)
+            vocab = Vocab.load(run_dir / VOCAB) if (run_dir / VOCAB).is_file() else None
+            cache.append(prepare_data(cfg, vocab=vocab).scoring)
         return cache[0]
 
     return batches

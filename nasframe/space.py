@@ -10,10 +10,11 @@ and the value), serialisable to JSON and compiled to a networkx graph on demand:
                          fixed={3: "cross_attention"}),
     )
 
-Two layer kinds exist. ``Stack`` is the multi-split reversible layer of DARTSformer (paper.md
-Eq. 3): split i computes ``Y_i = X_i + F_i(pool(inputs_i))`` where ``inputs_i`` is, by default,
-``Y_1..Y_{i-1}, X_{i+1}..X_n``, or a declared subset of those. ``Sequential`` is the standard
-Transformer layer: residual sublayers applied in order, any of which may be a choice.
+Two layer kinds exist. ``Stack`` is the multi-split reversible layer of DARTSformer (Zhao et
+al. 2021, Eq. 3): split i computes ``Y_i = X_i + F_i(pool(inputs_i))`` where ``inputs_i``
+is, by default, ``Y_1..Y_{i-1}, X_{i+1}..X_n``, or a declared subset of those.
+``Sequential`` is the standard Transformer layer: residual sublayers applied in order, any of
+which may be a choice.
 """
 from __future__ import annotations
 

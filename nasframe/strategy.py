@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from nasframe.errors import ConfigError
-from nasframe.runtime import label_smoothed_loss
+from nasframe.runtime import autocast, label_smoothed_loss
 
 if TYPE_CHECKING:
     from nasframe.architecture import Architecture
@@ -68,7 +68,8 @@ class Strategy(Protocol):
 
 
 def seq2seq_loss(model: Supernet, batch: Batch, label_smoothing: float = 0.1) -> Tensor:
-    """Label-smoothed cross entropy per non-pad target token (paper.md §1, epsilon = 0.1)."""
+    """Label-smoothed cross entropy per non-pad target token (Zhao et al. 2021 §1,
+    epsilon = 0.1)."""
     loss, _, n_tokens = label_smoothed_loss(model(batch.src, batch.tgt_in), batch.tgt_out,
                                             label_smoothing, batch.pad_id)
     return loss / n_tokens
@@ -97,7 +98,8 @@ class SearchContext:
     step: int = 0
 
     def loss(self, batch: Batch) -> Tensor:
-        return seq2seq_loss(self.supernet, batch, self.config.optim.label_smoothing)
+        with autocast(self.config.precision, self.device):
+            return seq2seq_loss(self.supernet, batch, self.config.optim.label_smoothing)
 
     @torch.no_grad()
     def validation_loss(self, batches: Iterable[Batch] | None = None) -> float:

@@ -35,6 +35,8 @@ class ModelConfig(BaseModel):
     blocks: int = Field(1, ge=1, description="repeats of the block of L searched layers")
     dropout: float = Field(0.1, ge=0.0, lt=1.0)
     memory_saving: bool = Field(True, description="backprop with reconstruction (reversible)")
+    keep_layers: int = Field(0, ge=0, description="top K reversible layers of each stack keep "
+                             "activations (ordinary autograd); the rest reconstruct")
     split_norm: Literal["post", "branch"] = Field(
         "post", description="ops inside reversible splits: post: LayerNorm(x + f(x)), the "
         "paper's, which a supernet needs (its mixture compares candidates at one scale; DARTS "
@@ -102,7 +104,7 @@ class Supernet(nn.Module):
 
         if isinstance(spec, Stack):
             return build_reversible_stack(spec, self.config.blocks, self.config.memory_saving,
-                                          make_unit)
+                                          make_unit, self.config.keep_layers)
         return build_sequential_stack(spec, self.config.blocks, make_unit)
 
     def _op(self, spec: OpSpec, width: int, causal: bool, norm: str = "post") -> nn.Module:
@@ -158,9 +160,18 @@ class Supernet(nn.Module):
             node.set_mode(mode)
 
     def select(self, choices: Mapping[str, str | int]) -> None:
-        """Set the op every ``sampled``/``fixed`` node evaluates: node name -> label or index."""
-        for node in self.choice_nodes():
-            node.select(choices[node.name])
+        """Set the op every node evaluates in ``single`` mode: node name -> label or index,
+        for every choice node of the space (an unknown or missing node is a SpaceError)."""
+        nodes = {node.name: node for node in self.choice_nodes()}
+        missing = [n for n in nodes if n not in choices]
+        unknown = [n for n in choices if n not in nodes]
+        if missing or unknown:
+            raise SpaceError("select: " + "; ".join(
+                part for part in (f"no choice for {', '.join(missing)}" if missing else "",
+                                  f"no such node {', '.join(unknown)}" if unknown else "")
+                if part))
+        for name, node in nodes.items():
+            node.select(choices[name])
 
     def set_memory_saving(self, on: bool) -> None:
         for m in self.modules():

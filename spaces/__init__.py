@@ -4,6 +4,7 @@ Users add their own with ``nf.spaces.register("name", factory)``.
 """
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 
 from nasframe.errors import SpaceError
@@ -22,9 +23,20 @@ def names() -> list[str]:
 
 def get(name: str, **options: object) -> SearchSpace:
     """The built-in space ``name``; ``options`` go to its factory (e.g. ``layers=1``)."""
+    if name not in _SPACES:  # perhaps an installed package registers it
+        from nasframe.plugins import load_entry_points
+
+        load_entry_points("nasframe.spaces")
     if name not in _SPACES:
         raise SpaceError(f"unknown space {name!r}; known spaces: {', '.join(names())}")
-    return _SPACES[name](**options)
+    factory = _SPACES[name]
+    accepted = [p.name for p in inspect.signature(factory).parameters.values()
+                if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise SpaceError(f"space {name!r} has no option {', '.join(map(repr, unknown))}; its "
+                         f"options: {', '.join(accepted) or 'none'}")
+    return factory(**options)
 
 
 from nasframe.spaces import darts_transformer, dartsformer, tiny, transformer  # noqa: E402,F401

@@ -1,6 +1,6 @@
 """The DARTS bilevel search, shared by ``darts-reversible`` (DARTSformer) and ``darts``.
 
-Each update (paper.md §1): alpha <- alpha - lr_a * grad_alpha L_val(w, alpha) on a
+Each update (Zhao et al. 2021 §1): alpha <- alpha - lr_a * grad_alpha L_val(w, alpha) on a
 search-valid batch, then w <- w - lr_w * grad_w L_train(w, alpha) on a search-train batch.
 Both gradients come from ``torch.autograd.grad``; on the reversible backbone with
 ``memory_saving`` the engine answers it with backprop with reconstruction (Algorithm 1), so
@@ -10,6 +10,7 @@ gradient by DARTS' unrolled one (see ``_unrolled_alpha_grads``).
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator, Sequence
 from typing import Any, ClassVar
 
@@ -18,7 +19,9 @@ from torch import Tensor
 
 from nasframe.architecture import Architecture, derive
 from nasframe.data import Batch
-from nasframe.strategies._common import (
+from nasframe.strategy import Backbone, SearchContext
+from nasframe.updates import (
+    all_finite,
     alpha_optimizer,
     assign_grads,
     frozen,
@@ -26,7 +29,6 @@ from nasframe.strategies._common import (
     weight_optimizer,
     weight_update,
 )
-from nasframe.strategy import Backbone, SearchContext
 
 
 class BilevelDarts:
@@ -70,7 +72,10 @@ class BilevelDarts:
             grads, loss = gradients(loss_t, self.alphas), float(loss_t.detach())
         assign_grads(self.alphas, grads)
         self.ctx.sync_grads(self.alphas)
-        self.a_opt.step()
+        if all_finite([a.grad for a in self.alphas]):  # else skipped; the executor decides
+            self.a_opt.step()
+        else:
+            loss = math.nan
         self.a_opt.zero_grad(set_to_none=True)
         return loss
 

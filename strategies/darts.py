@@ -1,4 +1,4 @@
-"""Vanilla DARTS on the standard Transformer ("DARTS + Transformer", paper.md §1): the same
+"""Vanilla DARTS on the standard Transformer ("DARTS + Transformer", Zhao et al. 2021 §1): the same
 bilevel search as DARTSformer under ordinary autograd, every candidate's output kept for
 backward (the memory baseline of Fig. 1)."""
 from __future__ import annotations

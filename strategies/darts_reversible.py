@@ -1,4 +1,4 @@
-"""DARTSformer (paper.md §4): DARTS on the multi-split reversible backbone, searched with
+"""DARTSformer (Zhao et al. 2021 §4): DARTS on the multi-split reversible backbone, searched with
 backprop with reconstruction so memory does not grow with the number of candidates."""
 from __future__ import annotations
 

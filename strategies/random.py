@@ -31,7 +31,7 @@ class RandomArchitecture:
             a.requires_grad_(False)
         # A private RNG: the draw must not depend on what else consumed the global one.
         self.arch = sample_architecture(net.space, ctx.config.seed)
-        net.set_mode("fixed")  # anything that evaluates the supernet sees the drawn path
+        net.set_mode("single")  # anything that evaluates the supernet sees the drawn path
         net.select(self.arch.choices)
 
     def step(self, train_batch: Batch, val_batch: Batch) -> dict[str, float]:

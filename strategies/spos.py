@@ -13,9 +13,10 @@ from typing import Any, ClassVar
 
 from nasframe.architecture import Architecture
 from nasframe.data import Batch
-from nasframe.strategies._common import weight_optimizer, weight_update
+from nasframe.runtime import set_random_state
 from nasframe.strategies.evolution import Candidate, ChoiceSpace, Objective, evolve
 from nasframe.strategy import Backbone, SearchContext
+from nasframe.updates import weight_optimizer, weight_update
 
 
 class SupernetLoss(Objective):
@@ -41,7 +42,7 @@ class Spos:
         net = ctx.supernet
         for a in net.arch_parameters():  # no alphas: nothing may train or decay them
             a.requires_grad_(False)
-        net.set_mode("sampled")
+        net.set_mode("single")
         self.weights = [p for p in net.weight_parameters() if p.requires_grad]
         self.w_opt, self.w_sched = weight_optimizer(self.weights, ctx.config.optim)
         # Seeded alike on every DDP process: all ranks train the same path, so their
@@ -77,10 +78,10 @@ class Spos:
         # Its own seeded RNG: deriving at a checkpoint must not change the training that
         # follows, or a resumed run would differ from an uninterrupted one.
         try:
-            net.set_mode("fixed")
+            net.set_mode("single")
             self.top = evolve(self.space, SupernetLoss(self.ctx), cfg, random.Random(seed))
         finally:
-            net.set_mode("sampled")
+            net.set_mode("single")
         self.evolved_at = self.ctx.step
 
     # -- state ------------------------------------------------------------------------------
@@ -94,13 +95,9 @@ class Spos:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.w_opt.load_state_dict(state["w_opt"])
         self.w_sched.load_state_dict(state["w_sched"])
-        self.rng.setstate(_as_tuples(state["rng"]))
+        set_random_state(self.rng, state["rng"])
         self.evolved_at = int(state["evolved_at"])
         space = self.ctx.supernet.space
         self.top = [Candidate(Architecture(space=space, choices=c["choices"]), float(c["score"]))
                     for c in state["top"]]
 
-
-def _as_tuples(value: Any) -> Any:
-    """random.setstate wants tuples; a checkpoint round trip may give lists."""
-    return tuple(_as_tuples(v) for v in value) if isinstance(value, (list, tuple)) else value

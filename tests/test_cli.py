@@ -37,13 +37,13 @@ def test_search_derive_show(capsys: pytest.CaptureFixture[str], tmp_path: Path) 
     assert "encoder.layer1.split1" in out
     lines = (out_dir / "metrics.jsonl").read_text().splitlines()
     assert json.loads(lines[-1])["step"] == 3
-    for name in ("checkpoint_3.pt", "arch_step3.json", "arch.json", "config.json",
+    for name in ("checkpoints/checkpoint_3.pt", "arch_step3.json", "arch.json", "config.json",
                  "space.json"):
         assert (out_dir / name).is_file(), name
     config = json.loads((out_dir / "config.json").read_text())
     assert config["steps"] == 3 and config["data"]["vocab_size"] == 12
 
-    code, out, err = run(capsys, "derive", str(out_dir / "checkpoint_3.pt"),
+    code, out, err = run(capsys, "derive", str(out_dir / "checkpoints" / "checkpoint_3.pt"),
                          "--out", str(tmp_path / "derived.json"))
     assert code == 0, err
     derived = json.loads((tmp_path / "derived.json").read_text())
@@ -57,7 +57,7 @@ def test_search_derive_show(capsys: pytest.CaptureFixture[str], tmp_path: Path) 
     code, _, err = run(capsys, "search", *SMALL, "--steps", "5", "--out", str(out_dir),
                        "--resume")
     assert code == 0, err
-    assert (out_dir / "checkpoint_5.pt").is_file()
+    assert (out_dir / "checkpoints" / "checkpoint_5.pt").is_file()
     steps = [json.loads(x)["step"] for x in (out_dir / "metrics.jsonl").read_text().splitlines()]
     assert steps == [3, 5]  # log_every 10 of the tiny preset: the last update of each run
 

@@ -9,6 +9,7 @@ import sacrebleu
 import torch
 
 import nasframe as nf
+from nasframe.config import TrainConfig
 from nasframe.data import synthetic_pairs
 from nasframe.decode import (
     DecodeOptions,
@@ -19,7 +20,8 @@ from nasframe.decode import (
     translate_ids,
 )
 from nasframe.ops import IncrementalState
-from nasframe.train import TrainConfig, Trainer
+from nasframe.rundir import RunDir, RunKind
+from nasframe.training import Trainer
 
 VOCAB = 30
 
@@ -198,7 +200,8 @@ def test_a_model_trained_on_a_copy_task_translates_it(tmp_path: Path):
                          device="cpu")
     torch.manual_seed(0)
     arch = nf.Architecture(space=nf.spaces.get("transformer"), choices={})
-    trainer = Trainer(tmp_path, config, arch, vocab, train_pairs, test_pairs[:20],
+    run = RunDir.create(tmp_path / "run", RunKind.TRAIN)
+    trainer = Trainer(run, config, arch, vocab, train_pairs, test_pairs[:20],
                       progress=False)
     trainer.run()
     model = trainer.model.eval()

@@ -11,7 +11,8 @@ import torch
 import nasframe as nf
 from nasframe.config import SearchConfig, apply_overrides, load_config, parse_assignment
 from nasframe.errors import CheckpointError, ConfigError
-from nasframe.executor import alpha_entropy, find_checkpoint, load_checkpoint_file
+from nasframe.executor import alpha_entropy
+from nasframe.rundir import RunDir, RunKind, load_checkpoint
 from nasframe.search import search
 from nasframe.strategy import get_strategy
 
@@ -62,7 +63,8 @@ def test_killed_and_resumed_run_equals_an_uninterrupted_one(
     with pytest.raises(Killed):
         search("tiny", strategy, config=cfg, out=tmp_path / "killed")
     monkeypatch.setattr(cls, "step", step)
-    assert find_checkpoint(tmp_path / "killed") == tmp_path / "killed" / "checkpoint_3.pt"
+    killed = RunDir.open(tmp_path / "killed", RunKind.SEARCH)
+    assert killed.latest() == tmp_path / "killed" / "checkpoints" / "checkpoint_3.pt"
     resumed = search("tiny", strategy, config=cfg, out=tmp_path / "killed", resume=True)
 
     a = dict(whole.supernet.named_parameters())
@@ -81,9 +83,10 @@ def test_run_directory_records_everything(tmp_path: Path) -> None:
     cfg = small_config(steps=6, keep_checkpoints=1)
     result = search("tiny", "darts-reversible", config=cfg, out=run)
     names = {p.name for p in run.iterdir()}
-    assert {"config.json", "space.json", "run.json", "metrics.jsonl", "checkpoint_6.pt",
+    assert {"config.json", "space.json", "run.json", "metrics.jsonl", "checkpoints",
             "arch_step3.json", "arch_step6.json", "arch.json", "result.json"} <= names
-    assert "checkpoint_3.pt" not in names  # keep_checkpoints=1 pruned it
+    ckpts = {p.name for p in (run / "checkpoints").iterdir()}
+    assert ckpts == {"checkpoint_6.pt"}  # keep_checkpoints=1 pruned checkpoint_3.pt
     assert not [n for n in names if n.endswith(".tmp")]  # written atomically
     assert SearchConfig.from_json((run / "config.json").read_text()) == \
         apply_overrides(cfg, {"strategy": "darts-reversible", "space": "tiny"})
@@ -97,7 +100,7 @@ def test_run_directory_records_everything(tmp_path: Path) -> None:
     lines = _metrics(run)
     assert [x["step"] for x in lines] == list(range(1, 7))
     assert {"loss_train", "loss_val", "lr", "alpha_entropy"} <= set(lines[-1])
-    ckpt = load_checkpoint_file(run / "checkpoint_6.pt")
+    ckpt = load_checkpoint(run / "checkpoints" / "checkpoint_6.pt")
     assert ckpt["step"] == 6 and ckpt["data"]["train"]["index"] >= 0
     assert {"torch", "numpy", "python"} <= set(ckpt["rng"][0])
     assert {"w_opt", "w_sched", "a_opt"} <= set(ckpt["strategy"])
@@ -125,10 +128,10 @@ def test_spos_search_returns_ranked_candidates() -> None:
 def test_run_directory_errors(tmp_path: Path) -> None:
     run = tmp_path / "run"
     cfg = small_config(steps=3)
-    with pytest.raises(CheckpointError, match="no checkpoint to resume"):
+    with pytest.raises(CheckpointError, match="no such run directory"):
         search("tiny", "darts-reversible", config=cfg, out=run, resume=True)
     search("tiny", "darts-reversible", config=cfg, out=run)
-    with pytest.raises(CheckpointError, match="already holds checkpoints"):
+    with pytest.raises(CheckpointError, match="already holds a search run"):
         search("tiny", "darts-reversible", config=cfg, out=run)
     with pytest.raises(CheckpointError, match="another search space"):
         search(nf.spaces.get("tiny", pool="avg"), "darts-reversible", config=cfg, out=run,
@@ -137,7 +140,7 @@ def test_run_directory_errors(tmp_path: Path) -> None:
         search("tiny", "spos", config=cfg, out=run, resume=True)
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match="junk.pt"):
-        load_checkpoint_file(tmp_path / "junk.pt")
+        load_checkpoint(tmp_path / "junk.pt")
 
 
 def test_reversible_strategy_refuses_a_sequential_space() -> None:

@@ -71,7 +71,7 @@ def test_evaluate_prints_and_records_bleu_and_chrf(run_dir, capsys):
 
 def test_evaluate_errors_are_clear(run_dir, tmp_path, capsys):
     assert main(["evaluate", "--model", str(tmp_path / "nothing")]) == 2
-    assert "not a training run directory" in capsys.readouterr().err
+    assert "no such run directory" in capsys.readouterr().err
     assert main(["evaluate", "--model", str(run_dir), "--split", "dev"]) == 2
     assert "dev" in capsys.readouterr().err
 
@@ -104,4 +104,10 @@ def test_quickstart_runs_end_to_end(tmp_path, corpus_dir):
         assert (Path(model["run_dir"]) / "eval_test.json").is_file()
     derived = nf.Architecture.load(out / "arch_derived.json")
     assert derived.space.name == "dartsformer"
-    assert nf.Architecture.load(out / "derived" / "arch.json").choices == derived.choices
+    retrained = Path(result["models"][0]["run_dir"])
+    assert nf.Architecture.load(retrained / "arch.json").choices == derived.choices
+    # a two-row compare at equal size: both models near the Transformer's parameter count
+    target = result["params_target"]
+    assert result["models"][1]["parameters"] == target
+    assert abs(result["models"][0]["parameters"] - target) <= 0.05 * target
+    assert (out / "compare.json").is_file() and (out / "compare.md").is_file()

@@ -22,7 +22,7 @@ def test_dartsformer_size_matches_formula_and_paper_order_of_magnitude():
     space = nf.spaces.get("dartsformer")
     n_enc, n_dec = len(space.encoder.choices), len(space.decoder.choices)
     assert (n_enc, n_dec) == (11, 12)
-    # |O_enc|^(n_e L) * |O_dec|^((n_d - 1) L) with n_e=2, n_d=3, L=2 (paper.md section 4)
+    # |O_enc|^(n_e L) * |O_dec|^((n_d - 1) L) with n_e=2, n_d=3, L=2 (Zhao et al. 2021 section 4)
     assert space.size() == 11 ** (2 * 2) * 12 ** (2 * 2)
     assert 1e8 <= space.size() <= 1e9
     assert nf.spaces.get("dartsformer", layers=1).size() == 11 ** 2 * 12 ** 2

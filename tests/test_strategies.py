@@ -255,7 +255,7 @@ def test_third_party_strategy_runs_through_the_executor(isolated_registry: None,
     result = search(None, "uniform-mixture", config=cfg, out=tmp_path / "run")
     assert result.steps == 4 and result.architecture.space.name == "tiny"
     assert result.alphas == {}  # frozen: nothing was searched
-    assert (tmp_path / "run" / "checkpoint_2.pt").is_file()
+    assert (tmp_path / "run" / "checkpoints" / "checkpoint_2.pt").is_file()
     assert (tmp_path / "run" / "arch.json").is_file()
     resumed = search(None, "uniform-mixture", config=cfg.model_copy(update={"steps": 6}),
                      out=tmp_path / "run", resume=True)

@@ -30,13 +30,13 @@ def test_alphas_are_shared_across_blocks_weights_are_not():
     assert len(weight_ids) + len(model.arch_parameters()) == len(list(model.parameters()))
 
 
-def test_modes_weighted_sampled_fixed():
+def test_modes_weighted_and_single():
     space = nf.spaces.get("tiny")
     model = nf.Supernet(space, nf.ModelConfig(d_model=48, dropout=0.0), vocab_size=40).eval()
     src, tgt = tiny_batch()
     weighted = model(src, tgt)
     choice = {n: "ffn" for n in space.choice_nodes()}
-    model.set_mode("sampled")
+    model.set_mode("single")
     model.select(choice)
     sampled = model(src, tgt)
     assert not torch.allclose(weighted, sampled)
@@ -50,8 +50,11 @@ def test_modes_weighted_sampled_fixed():
         fixed_state[key] = super_state[src_key]
     fixed.load_state_dict(fixed_state)
     torch.testing.assert_close(fixed(src, tgt), sampled, rtol=0, atol=1e-6)
-    model.set_mode("fixed")
+    model.set_mode("weighted")
+    model.set_mode("single")  # the selection stays
     torch.testing.assert_close(model(src, tgt), sampled, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="choice mode must be one of"):
+        model.set_mode("sampled")
 
 
 def test_fixed_model_holds_no_unchosen_parameters_and_counts_parameters():

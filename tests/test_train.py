@@ -10,16 +10,19 @@ import torch.nn.functional as F
 
 import nasframe as nf
 from nasframe.cli import main
-from nasframe.data import ParallelCorpus, load_split, write_tsv
-from nasframe.runtime import inverse_sqrt, label_smoothed_loss
-from nasframe.train import (
+from nasframe.config import TrainConfig
+from nasframe.data import (
     DataSpec,
-    TrainConfig,
-    average_checkpoints,
+    ParallelCorpus,
+    corpus_split,
     load_data,
-    load_run,
-    train,
+    load_split,
+    write_tsv,
 )
+from nasframe.loading import load_run
+from nasframe.rundir import average_states, load_checkpoint
+from nasframe.runtime import inverse_sqrt, label_smoothed_loss
+from nasframe.training import train
 
 
 @pytest.fixture(scope="module")
@@ -83,11 +86,10 @@ def test_inverse_sqrt_schedule():
     assert f(399) == pytest.approx(0.5)
 
 
-def test_averaging_averages(tmp_path):
-    for i, (w, count) in enumerate([([1.0, 2.0], 3), ([3.0, 6.0], 5)]):
-        torch.save({"model": {"w": torch.tensor(w), "count": torch.tensor(count)}},
-                   tmp_path / f"c{i}.pt")
-    avg = average_checkpoints([tmp_path / "c0.pt", tmp_path / "c1.pt"])
+def test_averaging_averages():
+    states = [{"w": torch.tensor(w), "count": torch.tensor(count)}
+              for w, count in [([1.0, 2.0], 3), ([3.0, 6.0], 5)]]
+    avg = average_states(states)
     assert torch.equal(avg["w"], torch.tensor([2.0, 4.0]))
     assert avg["count"].dtype == torch.int64  # integer buffers are not averaged
 
@@ -101,12 +103,18 @@ def test_config_needs_an_end_and_names_bad_fields():
         TrainConfig.preset_config("huge")
 
 
-def test_a_single_file_holds_out_validation_pairs(small_tsv):
-    train_corpus, valid = load_data(DataSpec(data=str(small_tsv)))
-    assert len(valid) == 6 and len(train_corpus) == 294
-    assert sorted(train_corpus.src + valid.src) == sorted(load_data(
-        DataSpec(data=str(small_tsv)), seed=5)[0].src + load_data(
-        DataSpec(data=str(small_tsv)), seed=5)[1].src)  # a partition, whatever the seed
+def test_a_single_file_holds_out_valid_and_test_pairs(small_tsv):
+    spec = DataSpec(data=str(small_tsv))
+    train_corpus, valid = load_data(spec)
+    test = corpus_split(spec, "test")
+    assert (len(train_corpus), len(valid), len(test)) == (270, 15, 15)
+    whole = load_split(str(small_tsv), "train")
+    assert sorted(train_corpus.src + valid.src + test.src) == sorted(whole.src)  # a partition
+    assert corpus_split(spec, "test").src == test.src  # the same every time
+    other = corpus_split(DataSpec(data=str(small_tsv), holdout_seed=1), "test")
+    assert other.src != test.src
+    with pytest.raises(nf.ConfigError, match="holdout"):
+        DataSpec(data=str(small_tsv), holdout=(0.6, 0.5))
 
 
 # ----------------------------------------------------------------------------- runs
@@ -119,11 +127,11 @@ def test_a_run_directory_holds_everything(tmp_path, small_tsv):
     for name in ("config.json", "arch.json", "vocab.model", "metrics.jsonl"):
         assert (out / name).is_file(), name
     ckpts = {p.name for p in (out / "checkpoints").iterdir()}
-    assert {"checkpoint_last.pt", "checkpoint_best.pt", "checkpoint_avg.pt",
-            "checkpoint_4.pt", "checkpoint_6.pt"} <= ckpts
-    avg = torch.load(out / "checkpoints" / "checkpoint_avg.pt")["model"]
-    a = torch.load(out / "checkpoints" / "checkpoint_4.pt")["model"]
-    b = torch.load(out / "checkpoints" / "checkpoint_6.pt")["model"]
+    assert {"checkpoint_best.pt", "checkpoint_avg.pt", "checkpoint_4.pt",
+            "checkpoint_6.pt"} <= ckpts
+    avg = load_checkpoint(out / "checkpoints" / "checkpoint_avg.pt")["model"]
+    a = load_checkpoint(out / "checkpoints" / "checkpoint_4.pt")["model"]
+    b = load_checkpoint(out / "checkpoints" / "checkpoint_6.pt")["model"]
     key = "embed.tokens.weight"
     torch.testing.assert_close(avg[key], (a[key] + b[key]) / 2)
     events = [json.loads(line)["event"] for line in (out / "metrics.jsonl").open()]
@@ -143,8 +151,8 @@ def test_resume_is_bitwise_exact(tmp_path, small_tsv):
     train(tiny_arch(), killed, tiny_config(steps=3), data, progress=False)
     result = train(None, killed, resume=True, overrides={"steps": 6}, progress=False)
     assert result.steps == 6
-    a = torch.load(straight / "checkpoints" / "checkpoint_last.pt", weights_only=False)
-    b = torch.load(killed / "checkpoints" / "checkpoint_last.pt", weights_only=False)
+    a = load_checkpoint(straight / "checkpoints" / "checkpoint_6.pt")
+    b = load_checkpoint(killed / "checkpoints" / "checkpoint_6.pt")
     for key, value in a["model"].items():
         assert torch.equal(value, b["model"][key]), key
     for sa, sb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
@@ -175,7 +183,7 @@ def test_resume_may_change_only_how_long(tmp_path, small_tsv):
         train(None, out, resume=True, overrides={"lr": 0.1}, progress=False)
     with pytest.raises(nf.CheckpointError, match="--resume"):
         train(tiny_arch(), out, tiny_config(), DataSpec(data=str(small_tsv)), progress=False)
-    with pytest.raises(nf.CheckpointError, match="nothing to resume"):
+    with pytest.raises(nf.CheckpointError, match="no such run directory"):
         train(None, tmp_path / "empty", resume=True, progress=False)
 
 

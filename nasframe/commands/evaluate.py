@@ -14,8 +14,8 @@ from rich.console import Console
 
 from nasframe.commands.train import add_data_arguments
 from nasframe.commands.translate import add_decode_arguments, decode_options
-from nasframe.evaluate import evaluate_run
-from nasframe.train import DataSpec
+from nasframe.data import DataSpec
+from nasframe.evaluation import evaluate_run
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -1,9 +1,10 @@
 """``nasframe quickstart``: search, re-train, translate and score, small enough for a CPU.
 
-On the embedded English-German corpus: the joint sentencepiece vocabulary (cached), a
-DARTSformer search (darts-reversible, tiny preset), the derived architecture re-trained and
-scored (BLEU, chrF on the test split, beam search), then the Transformer baseline with the
-same training budget; a table of both and RUN/results.json. About ten minutes on two cores.
+A two-row `nasframe compare` at equal size on the embedded English-German corpus: the joint
+sentencepiece vocabulary (cached), a DARTSformer search (darts-reversible, tiny preset), the
+derived architecture sized to the Transformer's parameter count, re-trained and scored (BLEU,
+chrF on the test split, beam search), then the Transformer baseline with the same training
+budget; a table of both, RUN/results.json and RUN/compare.md. About ten minutes on two cores.
 """
 from __future__ import annotations
 

@@ -1,8 +1,8 @@
 """``nasframe translate --model RUN < in.txt > out.txt``: translate lines with beam search.
 
-Reads source sentences from stdin (or --input), one per line, and writes one detokenised
-translation per line to stdout (or --output), in the input order. Sentences are decoded in
-length-sorted batches; empty lines stay empty.
+Reads source sentences from stdin (or --input), one per line (split on newline only), and
+writes one detokenised translation per line to stdout (or --output), in the input order.
+Sentences are decoded in length-sorted batches; empty lines stay empty.
 """
 from __future__ import annotations
 
@@ -13,8 +13,10 @@ from pathlib import Path
 from rich.console import Console
 
 from nasframe.decode import DecodeOptions
-from nasframe.evaluate import translate_with_progress
-from nasframe.train import load_run
+from nasframe.errors import DataError
+from nasframe.evaluation import translate_with_progress
+from nasframe.loading import load_run
+from nasframe.runtime import atomic_write_text
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -47,13 +49,46 @@ def decode_options(args: argparse.Namespace) -> DecodeOptions:
                          max_len_a=args.max_len_a, max_len_b=args.max_len_b)
 
 
+def read_lines(data: bytes, where: str) -> list[str]:
+    """Lines split on ``\n`` only (a form feed, ``\r`` or U+2028 inside a line stays in it),
+    so the output always has one line per input line."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data[:err.start].count(b"\n") + 1
+        raise DataError(f"{where}:{line}: not valid UTF-8 (byte {err.start})") from None
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()  # the newline that ends the last line
+    return lines
+
+
+def _output_path(name: str) -> Path:
+    path = Path(name)
+    if path.is_dir():
+        raise DataError(f"--output {path}: is a folder; give a file name")
+    if not path.parent.is_dir():
+        raise DataError(f"--output {path}: folder {path.parent} does not exist")
+    return path
+
+
 def run(args: argparse.Namespace) -> int:
     options = decode_options(args)
-    loaded = load_run(args.model, args.checkpoint, args.device)
+    output = _output_path(args.output) if args.output else None
     if args.input:
-        lines = Path(args.input).read_text(encoding="utf-8").splitlines()
+        source = Path(args.input)
+        if not source.is_file():
+            raise DataError(f"--input {source}: no such file")
+        try:
+            data = source.read_bytes()
+        except OSError as err:
+            raise DataError(f"--input {source}: cannot read ({err.strerror or err})") from None
+        lines = read_lines(data, str(source))
     else:
-        lines = sys.stdin.read().splitlines()
+        stdin = getattr(sys.stdin, "buffer", None)  # bytes, so bad UTF-8 names its line
+        raw = stdin.read() if stdin is not None else sys.stdin.read().encode("utf-8")
+        lines = read_lines(raw, "stdin")
+    loaded = load_run(args.model, args.checkpoint, args.device)
     texts = [line.strip() for line in lines]
     keep = [i for i, t in enumerate(texts) if t]
     translated = translate_with_progress(loaded.model, loaded.vocab, [texts[i] for i in keep],
@@ -61,10 +96,10 @@ def run(args: argparse.Namespace) -> int:
                                          loaded.config.max_len)
     out = [""] * len(texts)
     for i, t in zip(keep, translated):
-        out[i] = t
+        out[i] = " ".join(t.split("\n"))  # a decoded piece can never add a line
     text = "".join(line + "\n" for line in out)
-    if args.output:
-        Path(args.output).write_text(text, encoding="utf-8")
+    if output is not None:
+        atomic_write_text(text, output)
     else:
         sys.stdout.write(text)
         sys.stdout.flush()

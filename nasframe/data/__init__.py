@@ -15,6 +15,7 @@ from nasframe.data.corpus import (
     write_pair,
     write_tsv,
 )
+from nasframe.data.spec import DataSpec, cache_dir, corpus_split, holdout_split, load_data
 from nasframe.data.synthetic import SyntheticTask, synthetic_pairs
 from nasframe.data.vocab import (
     BOS_ID,
@@ -36,16 +37,21 @@ __all__ = [
     "PAD_ID",
     "UNK_ID",
     "Batch",
+    "DataSpec",
     "Pair",
     "ParallelCorpus",
     "SyntheticTask",
     "TokenBatcher",
     "Vocab",
     "batch_cost",
+    "cache_dir",
     "collate",
+    "corpus_split",
     "embedded_corpus_dir",
     "encode_corpus",
     "get_or_train_vocab",
+    "holdout_split",
+    "load_data",
     "load_split",
     "read_pair",
     "read_tsv",

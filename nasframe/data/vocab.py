@@ -230,5 +230,10 @@ def get_or_train_vocab(
     prefix = cache_dir / f"spm-{vocab_size}-{vocab_cache_key(corpus, vocab_size)}"
     model_path = prefix.with_name(prefix.name + ".model")
     if model_path.exists():
-        return Vocab.load(model_path)
+        try:
+            cached = Vocab.load(model_path)
+        except DataError:
+            cached = None  # a damaged cache entry (a truncated copy): train it again
+        if cached is not None and len(cached) == vocab_size:
+            return cached
     return Vocab.train(_interleaved_texts(corpus), prefix, vocab_size)

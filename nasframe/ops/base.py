@@ -132,6 +132,10 @@ def available_ops() -> list[str]:
 
 
 def op_factory(name: str) -> OpFactory:
+    if name not in _REGISTRY:  # perhaps an installed package registers it
+        from nasframe.plugins import load_entry_points
+
+        load_entry_points("nasframe.ops")
     try:
         return _REGISTRY[name]
     except KeyError:

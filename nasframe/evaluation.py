@@ -5,8 +5,6 @@ tokenisation), so they are comparable across vocabularies and with published num
 """
 from __future__ import annotations
 
-import json
-import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,13 +14,13 @@ import sacrebleu
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from nasframe.data import ParallelCorpus, Vocab, load_split, read_pair
+from nasframe.data import DataSpec, ParallelCorpus, Vocab, corpus_split, read_pair
 from nasframe.decode import DecodeOptions, translate_ids
-from nasframe.errors import DataError
+from nasframe.errors import ConfigError, DataError
+from nasframe.loading import LoadedRun, load_run
 from nasframe.supernet import Supernet
-from nasframe.train import DataSpec, LoadedRun, load_run
 
-__all__ = ["evaluate_run", "score", "split_corpus", "translate_with_progress"]
+__all__ = ["evaluate_run", "score", "split_corpus", "translate", "translate_with_progress"]
 
 
 def score(hypotheses: Sequence[str], references: Sequence[str]) -> dict[str, Any]:
@@ -42,7 +40,8 @@ def translate_with_progress(model: Supernet, vocab: Vocab, sentences: Sequence[s
                             options: DecodeOptions, console: Console | None = None,
                             progress: bool = True, max_source_len: int = 250,
                             description: str = "translate") -> list[str]:
-    """``decode.translate`` with a progress bar over sentences."""
+    """Detokenised translations of ``sentences`` (cut at ``max_source_len`` subwords: the model
+    never saw longer ones), with a progress bar over sentences."""
     model.eval()
     sources = [ids[:max_source_len] for ids in vocab.encode_many(list(sentences))]
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -54,18 +53,41 @@ def translate_with_progress(model: Supernet, vocab: Vocab, sentences: Sequence[s
     return [vocab.decode(o) for o in ids]
 
 
+def translate(run_dir: str | Path, sentences: Sequence[str], *, beam: int = 5,
+              checkpoint: str = "auto", device: str | None = None, progress: bool = False
+              ) -> list[str]:
+    """Translate ``sentences`` with the model of a training run (beam search, detokenised)."""
+    run = load_run(run_dir, checkpoint, device)
+    return translate_with_progress(run.model, run.vocab, sentences, DecodeOptions(beam=beam),
+                                   progress=progress, max_source_len=run.config.max_len)
+
+
 def split_corpus(run: LoadedRun, split: str, data: DataSpec | None = None) -> ParallelCorpus:
-    """The ``split`` of the corpus given, or else of the corpus the run was trained on."""
-    if data is not None and (data.src or data.tgt):
+    """The ``split`` of the corpus given, or else of the corpus the run was trained on (a
+    corpus without splits: its held-out part, as recorded)."""
+    if data is None:
+        return corpus_split(run.data, split)
+    if data.src is not None or data.tgt is not None:
         if not (data.src and data.tgt):
             raise DataError("give both --src and --tgt (two aligned files), or --data")
-        return read_pair(data.src, data.tgt)
-    if data is not None and data.data:
-        return load_split(data.data, split)
-    if run.data.src is not None or not run.data.has_splits():
-        raise DataError(f"the run was trained on {run.data.src or run.data.data}, which has no "
-                        f"{split!r} split; give --data FILE.tsv or --src/--tgt")
-    return load_split(run.data.data or "lohelp", split)
+        return read_pair(data.src, data.tgt)  # the files as given: the user chose them
+    return corpus_split(data.model_copy(update={"holdout": run.data.holdout,
+                                                "holdout_seed": run.data.holdout_seed}), split)
+
+
+def check_unseen(run: LoadedRun, corpus: ParallelCorpus) -> int:
+    """How many pairs of ``corpus`` the run was trained on; refuses when it is most of them
+    (that would measure memory, not translation)."""
+    trained_on = corpus_split(run.data, "train")
+    seen = set(zip(trained_on.src, trained_on.tgt))
+    overlap = sum(pair in seen for pair in corpus.pairs())
+    if overlap > len(corpus) / 2:
+        raise DataError(
+            f"{overlap:,} of the {len(corpus):,} pairs of {corpus.name} were in the training "
+            f"data of this run ({run.data.describe()}); scoring them measures memory, not "
+            "translation. Evaluate the run's held-out split (--split test without --data), or "
+            "give a corpus it was not trained on")
+    return overlap
 
 
 def evaluate_run(run_dir: str | Path, split: str = "test", data: DataSpec | None = None,
@@ -77,9 +99,13 @@ def evaluate_run(run_dir: str | Path, split: str = "test", data: DataSpec | None
 
     ``limit`` scores only the first ``limit`` pairs (recorded in the result).
     """
+    if limit is not None and limit < 1:
+        raise ConfigError(f"--limit {limit}: must be at least 1 (leave it out to score every "
+                          "pair)")
     run_dir = Path(run_dir)
     run = load_run(run_dir, checkpoint, device)
     corpus = split_corpus(run, split, data)
+    overlap = check_unseen(run, corpus)
     total = len(corpus)
     src, ref = corpus.src, corpus.tgt
     if limit is not None and limit < total:
@@ -93,13 +119,8 @@ def evaluate_run(run_dir: str | Path, split: str = "test", data: DataSpec | None
               "sentences": len(src), "of": total, "beam": options.beam,
               "length_penalty": options.alpha, "length_penalty_style": options.style,
               "max_len": [options.max_len_a, options.max_len_b],
-              "checkpoint": run.checkpoint.name, "translate_seconds": round(seconds, 2)}
-    _write(run_dir / f"eval_{split}.hyp.txt", "".join(h + "\n" for h in hyps))
-    _write(run_dir / f"eval_{split}.json", json.dumps(result, indent=2) + "\n")
+              "checkpoint": run.checkpoint.name, "translate_seconds": round(seconds, 2),
+              "pairs_seen_in_training": overlap}
+    run.run.write_text(f"eval_{split}.hyp.txt", "".join(h + "\n" for h in hyps))
+    run.run.write_json(f"eval_{split}.json", result)
     return result
-
-
-def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)

@@ -1,7 +1,19 @@
-"""What every built-in strategy shares: the optimiser of the weights w and gradient plumbing."""
+"""How a strategy updates weights and alphas: the optimisers, gradients, clipping and the one
+weight update every built-in strategy uses. Public, so a plugin strategy optimises its
+weights exactly as the built-ins do::
+
+    from nasframe.updates import weight_optimizer, weight_update
+
+    self.w_opt, self.w_sched = weight_optimizer(weights, ctx.config.optim)
+    norm = weight_update(ctx, weights, ctx.loss(batch), self.w_opt, self.w_sched)
+"""
 from __future__ import annotations
 
+__all__ = ["all_finite", "alpha_optimizer", "assign_grads", "clip", "frozen", "gradients",
+           "weight_optimizer", "weight_update"]
+
 import contextlib
+import math
 from collections.abc import Iterator, Sequence
 
 import torch
@@ -15,7 +27,8 @@ from nasframe.strategy import SearchContext
 
 
 def weight_optimizer(params: Sequence[nn.Parameter], cfg: OptimConfig) -> tuple[Adam, LambdaLR]:
-    """Adam for w with betas (0.9, 0.98) and the inverse-sqrt warmup schedule (paper.md §5)."""
+    """Adam for w with betas (0.9, 0.98) and the inverse-sqrt warmup schedule (Zhao et al.
+    2021 §5)."""
     opt = Adam(params, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay)
     return opt, LambdaLR(opt, inverse_sqrt(cfg.warmup))
 
@@ -67,11 +80,17 @@ def frozen(params: Sequence[Tensor]) -> Iterator[None]:
 def weight_update(ctx: SearchContext, weights: Sequence[Tensor], loss: Tensor, opt: Adam,
                   schedule: LambdaLR) -> float:
     """One update of w on ``loss``: gradients, DDP averaging, clipping, Adam, the schedule.
-    Returns the gradient norm before clipping."""
+    Returns the gradient norm before clipping; a non-finite norm skips the update."""
     assign_grads(weights, gradients(loss, weights))
     ctx.sync_grads(weights)
     norm = clip(weights, ctx.config.optim.clip_norm)
-    opt.step()
-    schedule.step()
+    if math.isfinite(norm):  # else skipped: w, Adam's moments and the schedule stay put,
+        opt.step()           # and the non-finite norm tells the executor
+        schedule.step()
     opt.zero_grad(set_to_none=True)
     return norm
+
+
+def all_finite(grads: Sequence[Tensor | None]) -> bool:
+    """Whether every gradient is finite (None counts as finite: nothing to apply)."""
+    return all(g is None or bool(torch.isfinite(g).all()) for g in grads)

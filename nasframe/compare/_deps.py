@@ -1,0 +1,43 @@
+"""Everything the compare package uses from the run layer, imported in this one place.
+
+The run-directory layer (search, re-training, evaluation, sizing) moves now and then; when a
+name moves, only this file changes.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from nasframe.config import SearchConfig, TrainConfig, apply_overrides
+from nasframe.data import (
+    DataSpec,
+    ParallelCorpus,
+    Vocab,
+    cache_dir,
+    get_or_train_vocab,
+    load_data,
+    load_split,
+)
+from nasframe.decode import DecodeOptions
+from nasframe.errors import NasframeError
+from nasframe.evaluation import evaluate_run
+from nasframe.rundir import RunDir, RunKind
+from nasframe.search import SearchData, prepare_data, resolve_space, search
+from nasframe.sizing import match_size, parameter_breakdown
+from nasframe.sizing import parse_count as parse_params
+from nasframe.training import train
+
+__all__ = [
+    "DataSpec", "DecodeOptions", "ParallelCorpus", "SearchConfig", "SearchData", "TrainConfig",
+    "Vocab", "apply_overrides", "cache_dir", "evaluate_run", "has_checkpoint",
+    "get_or_train_vocab", "load_data", "load_split", "match_size", "parameter_breakdown",
+    "parse_params", "prepare_data", "resolve_space", "search", "train",
+]
+
+
+def has_checkpoint(run_dir: Path, kind: str) -> bool:
+    """Whether ``run_dir`` holds a ``kind`` ("search" or "train") run with a checkpoint to
+    resume from."""
+    try:
+        return RunDir.open(run_dir, RunKind(kind)).latest() is not None
+    except NasframeError:
+        return False

@@ -1,0 +1,336 @@
+"""The run directory: the one layer the search executor and the trainer keep their runs in.
+
+A run directory is the user's data. It is created only in a new or empty folder, it records
+its kind (``search`` or ``train``) and is written only by a run of that kind (``--resume``).
+Everything in it is written atomically, checkpoints are loaded with ``weights_only=True``
+only, and nothing non-finite is ever written as a checkpoint::
+
+    run.json                  kind, nasframe version, processes and threads of each session
+    config.json               the config the run was started with (resume starts from it)
+    metrics.jsonl             one JSON object per line: {"event", "step", "time", ...}
+    checkpoints/checkpoint_N.pt   numbered, the full state to resume from (newest = last)
+    checkpoints/checkpoint_best.pt, checkpoint_avg.pt   (training: best valid, averaged)
+    arch.json, vocab.model ...    what the kind adds (derived or trained architecture, ...)
+
+Numbered checkpoints are listed, pruned and averaged by the same helpers for both loops.
+"""
+from __future__ import annotations
+
+import json
+import pickle
+import re
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from nasframe.errors import CheckpointError, NonFiniteError, RunDirError
+from nasframe.plugins import reimport, save_imports
+from nasframe.runtime import atomic_save, atomic_write_text, clean_temporaries
+
+__all__ = ["CHECKPOINT_FORMAT", "RunDir", "RunKind", "average_states", "check_finite",
+           "divergence", "import_recorded_code", "load_checkpoint", "read_metrics"]
+
+CHECKPOINT_FORMAT = 2
+RUN_FILE, CONFIG_FILE, METRICS_FILE, CHECKPOINTS = ("run.json", "config.json", "metrics.jsonl",
+                                                    "checkpoints")
+_NUMBERED = re.compile(r"^checkpoint_(\d+)\.pt$")
+
+
+class RunKind(StrEnum):
+    SEARCH = "search"
+    TRAIN = "train"
+
+
+#: What to do with a run directory of the other kind, for the error message.
+_HINT = {
+    RunKind.SEARCH: "a search run: derive or show its arch.json, or re-train it with "
+                    "`nasframe train --arch {path}/arch.json --out NEW`",
+    RunKind.TRAIN: "a training run: translate or evaluate it with --model {path}",
+}
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+def load_checkpoint(path: str | Path, kind: RunKind | None = None) -> dict[str, Any]:
+    """A nasframe checkpoint, loaded with ``weights_only=True``: tensors and plain data only.
+
+    Anything else (a pickled object that could run code when loaded) is refused, never
+    executed. ``kind`` checks which loop wrote it.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+        if found is None:  # not a pickle of anything we know: damaged or another format
+            raise CheckpointError(f"{path}: not a readable checkpoint (damaged, or not written "
+                                  "by torch.save)") from None
+        raise CheckpointError(
+            f"{path}: refused: it holds objects other than tensors and plain data "
+            f"({found.group(1)}), which could run code when loaded; nasframe loads checkpoints "
+            "with weights_only=True only") from None
+    except Exception as err:  # torch raises RuntimeError, EOFError, zipfile errors, ...
+        raise CheckpointError(f"{path}: not a readable checkpoint ({type(err).__name__}: "
+                              f"{str(err)[:200]})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path}: not a nasframe checkpoint (format "
+                              f"{CHECKPOINT_FORMAT})")
+    if kind is not None and ckpt.get("kind") != kind:
+        raise CheckpointError(f"{path}: a {ckpt.get('kind')} checkpoint, not a {kind} one")
+    return ckpt
+
+
+def check_finite(tensors: Mapping[str, Tensor] | Iterable[tuple[str, Tensor]], what: str
+                 ) -> None:
+    """Raise NonFiniteError naming the first floating tensor that holds a NaN or an inf."""
+    items = tensors.items() if isinstance(tensors, Mapping) else tensors
+    for name, t in items:
+        if torch.is_tensor(t) and t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise NonFiniteError(f"{what}: {name} is not finite")
+
+
+def average_states(states: Sequence[Mapping[str, Tensor]]) -> dict[str, Tensor]:
+    """The element-wise mean of model state dicts (float64 sums, each tensor's dtype kept;
+    integer buffers are taken from the first)."""
+    if not states:
+        raise CheckpointError("no checkpoints to average")
+    first = states[0]
+    out: dict[str, Tensor] = {}
+    for key, value in first.items():
+        if not value.is_floating_point():
+            out[key] = value.clone()
+            continue
+        total = sum((s[key].double() for s in states[1:]), value.double())
+        out[key] = (total / len(states)).to(value.dtype)
+    return out
+
+
+# ----------------------------------------------------------------------------- metrics
+
+def divergence(run: RunDir | None, step: int, what: str) -> NonFiniteError:
+    """The error that stops a diverged run: what went wrong, where to restart from, what to
+    change."""
+    last = run.latest() if run is not None else None
+    where = f"the last good checkpoint is {last}" if last is not None else \
+        "no checkpoint was written yet"
+    return NonFiniteError(
+        f"update {step}: {what} is not finite, so the run stopped and wrote nothing of it; "
+        f"{where}. Lower the learning rate, or let up to N such batches be skipped with "
+        "--skip-nonfinite N (also with --resume)")
+
+
+def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+    """The records of a metrics.jsonl; a partial last line (a kill mid-write) is ignored, a
+    damaged line elsewhere is an error naming the line."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    lines = path.read_text(encoding="utf-8", errors="replace").split("\n")
+    records = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            if number == len(lines):  # the unterminated last line of a killed writer
+                break
+            raise RunDirError(f"{path}:{number}: not a JSON line") from None
+        if isinstance(record, dict):
+            records.append(record)
+    return records
+
+
+# ----------------------------------------------------------------------------- the directory
+
+@dataclass
+class RunDir:
+    """A run directory of one kind; ``create`` a new one or ``open`` an existing one."""
+
+    path: Path
+    kind: RunKind
+
+    # -- opening ----------------------------------------------------------------------------
+    @classmethod
+    def check_new(cls, path: str | Path, kind: RunKind) -> None:
+        """Raise unless a new ``kind`` run may be created in ``path``: a new or empty folder,
+        or a ``kind`` run killed before its first checkpoint (nothing of it is worth keeping)."""
+        path = Path(path)
+        if path.exists() and not path.is_dir():
+            raise RunDirError(f"{path}: exists and is not a folder; choose a new --out")
+        if path.is_dir() and any(path.iterdir()):
+            recorded = _recorded_kind(path)
+            if recorded is None:
+                raise RunDirError(f"{path}: not empty and not a nasframe run; choose a new or "
+                                  "empty folder (nothing there was changed)")
+            if recorded != kind:
+                raise RunDirError(f"{path}: holds " + _HINT[recorded].format(path=path)
+                                  + f"; a {kind} run would overwrite it. Choose another --out")
+            if cls(path, kind).latest() is not None:
+                raise RunDirError(f"{path}: already holds a {kind} run; continue it with "
+                                  "--resume or choose another --out")
+            # else a run of ours that stopped before its first checkpoint: start it over
+
+    @classmethod
+    def create(cls, path: str | Path, kind: RunKind, info: Mapping[str, Any] | None = None
+               ) -> RunDir:
+        """A new run in ``path``, which must be new or an empty folder."""
+        path = Path(path)
+        cls.check_new(path, kind)
+        path.mkdir(parents=True, exist_ok=True)
+        run = cls(path, kind)
+        clean_temporaries(path)
+        atomic_write_text("", run.metrics_path)
+        run.write_json(RUN_FILE, {"kind": str(kind), "created": time.time(),
+                                  "imports": save_imports(path), **(info or {})})
+        return run
+
+    @classmethod
+    def open(cls, path: str | Path, kind: RunKind, purpose: str = "read") -> RunDir:
+        """The existing run of ``kind`` in ``path``; ``purpose`` words the errors."""
+        path = Path(path)
+        if not path.is_dir():
+            raise RunDirError(f"{path}: no such run directory (to {purpose})")
+        recorded = _recorded_kind(path)
+        if recorded is None:
+            raise RunDirError(f"{path}: not a nasframe run directory (no {RUN_FILE} with a "
+                              "kind)")
+        if recorded != kind:
+            raise RunDirError(f"{path}: is " + _HINT[recorded].format(path=path)
+                              + f"; to {purpose} it must be a {kind} run")
+        run = cls(path, kind)
+        reimport(run.info().get("imports", []), path)  # the user's ops and spaces
+        return run
+
+    @classmethod
+    def resume(cls, path: str | Path, kind: RunKind) -> RunDir:
+        """``open`` for writing: also removes the temporaries a killed run left."""
+        run = cls.open(path, kind, "resume")
+        if run.latest() is None:
+            raise RunDirError(f"{run.path}: nothing to resume (no checkpoint yet); start it "
+                              "again without --resume in a new folder")
+        for folder in (run.path, run.checkpoints):
+            if folder.is_dir():
+                clean_temporaries(folder)
+        return run
+
+    # -- files ------------------------------------------------------------------------------
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / CHECKPOINTS
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.path / METRICS_FILE
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+    def info(self) -> dict[str, Any]:
+        return self.read_json(RUN_FILE)
+
+    def update_info(self, **fields: Any) -> None:
+        self.write_json(RUN_FILE, {**self.info(), **fields})
+
+    def read_json(self, name: str) -> Any:
+        path = self.path / name
+        if not path.is_file():
+            raise RunDirError(f"{path}: missing from the run directory")
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise RunDirError(f"{path}: not valid JSON ({err})") from None
+
+    def write_json(self, name: str, data: Any) -> None:
+        atomic_write_text(json.dumps(data, indent=2) + "\n", self.path / name)
+
+    def write_text(self, name: str, text: str) -> None:
+        atomic_write_text(text, self.path / name)
+
+    # -- checkpoints ------------------------------------------------------------------------
+    def numbered(self) -> list[tuple[int, Path]]:
+        """(update, path) of the numbered checkpoints, oldest first."""
+        if not self.checkpoints.is_dir():
+            return []
+        found = [(int(m.group(1)), p) for p in self.checkpoints.iterdir()
+                 if (m := _NUMBERED.match(p.name))]
+        return sorted(found)
+
+    def latest(self) -> Path | None:
+        found = self.numbered()
+        return found[-1][1] if found else None
+
+    def save_checkpoint(self, step: int, state: dict[str, Any], keep: int | None = None,
+                        name: str | None = None) -> Path:
+        """Write ``state`` (its ``model`` checked finite) as ``checkpoint_{step}.pt`` (or
+        ``name``), then prune the numbered ones to the newest ``keep``."""
+        check_finite(state.get("model", {}), f"update {step}: refusing to write a checkpoint")
+        path = self.checkpoints / (name or f"checkpoint_{step}.pt")
+        atomic_save({"format": CHECKPOINT_FORMAT, "kind": str(self.kind), "step": step,
+                     **state}, path)
+        if keep is not None:
+            self.prune(keep)
+        return path
+
+    def prune(self, keep: int) -> None:
+        for _, path in self.numbered()[:-keep]:
+            path.unlink(missing_ok=True)
+
+    def load(self, path: str | Path | None = None) -> dict[str, Any]:
+        """A checkpoint of this run (default: the newest numbered one)."""
+        path = Path(path) if path is not None else self.latest()
+        if path is None:
+            raise RunDirError(f"{self.path}: no checkpoint yet")
+        return load_checkpoint(path, self.kind)
+
+    def average(self, last: int) -> tuple[dict[str, Tensor], list[str]]:
+        """The mean model of the newest ``last`` numbered checkpoints and their names."""
+        paths = [p for _, p in self.numbered()[-last:]]
+        return average_states([self.load(p)["model"] for p in paths]), [p.name for p in paths]
+
+    # -- metrics ----------------------------------------------------------------------------
+    def log(self, record: Mapping[str, Any]) -> dict[str, Any]:
+        """Append one metrics line (``event`` and ``step`` first, then ``time``)."""
+        line = {"event": record.get("event", "train"), "step": record.get("step", 0),
+                "time": round(time.time(), 3), **record}
+        with open(self.metrics_path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(line, allow_nan=True) + "\n")
+        return line
+
+    def metrics(self) -> list[dict[str, Any]]:
+        return read_metrics(self.metrics_path)
+
+    def truncate_metrics(self, step: int) -> list[dict[str, Any]]:
+        """Keep the lines up to update ``step`` (a resumed run logs the rest again)."""
+        kept = [r for r in self.metrics() if int(r.get("step", 0)) <= step]
+        atomic_write_text("".join(json.dumps(r) + "\n" for r in kept), self.metrics_path)
+        return kept
+
+
+def import_recorded_code(folder: str | Path) -> None:
+    """If ``folder`` is a run directory, import the user's code it recorded (for commands
+    that read one of its files, such as ``train --arch RUN/arch.json``)."""
+    folder = Path(folder)
+    try:
+        info = json.loads((folder / RUN_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return
+    if isinstance(info, dict):
+        reimport(list(info.get("imports", [])), folder)
+
+
+def _recorded_kind(path: Path) -> RunKind | None:
+    try:
+        info = json.loads((path / RUN_FILE).read_text(encoding="utf-8"))
+        return RunKind(info["kind"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+

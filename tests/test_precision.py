@@ -1,0 +1,49 @@
+"""Mixed precision in both loops: bf16 autocast (CPU and GPU), fp16 with a gradient scaler."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+import nasframe as nf
+from nasframe.config import SearchConfig, TrainConfig, apply_overrides
+from nasframe.data import DataSpec, ParallelCorpus, load_split, write_tsv
+from nasframe.rundir import RunDir, RunKind
+
+
+@pytest.fixture(scope="module")
+def small_tsv(tmp_path_factory) -> Path:
+    corpus = load_split("lohelp", "train")
+    path = tmp_path_factory.mktemp("data") / "small.tsv"
+    write_tsv(ParallelCorpus(corpus.src[:300], corpus.tgt[:300], "small"), path)
+    return path
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_training_in_low_precision_learns_with_fp32_weights(precision, tmp_path, small_tsv):
+    config = TrainConfig(model=nf.ModelConfig(d_model=48, embed_dim=32), vocab_size=200,
+                         max_tokens=400, steps=8, lr=3e-3, warmup=2, checkpoint_every=4,
+                         log_every=1, device="cpu", seed=3, precision=precision)
+    arch = nf.Architecture(space=nf.spaces.get("transformer"), choices={})
+    result = nf.train(arch, tmp_path / "run", config, DataSpec(data=str(small_tsv)),
+                      progress=False)
+    run = RunDir.open(tmp_path / "run", RunKind.TRAIN)
+    losses = [r["loss"] for r in run.metrics() if r["event"] == "train"]
+    assert result.steps == 8 and all(torch.isfinite(torch.tensor(losses)))
+    assert losses[-1] < losses[0]
+    state = run.load()
+    assert all(t.dtype == torch.float32 for t in state["model"].values() if t.is_floating_point())
+    assert ("scale" in state["scaler"]) == (precision == "fp16")
+
+
+def test_search_in_bf16_keeps_the_stream_and_weights_in_fp32(tmp_path):
+    cfg = apply_overrides(SearchConfig.preset_config("tiny"), {
+        "device": "cpu", "steps": 3, "checkpoint_every": 3, "precision": "bf16",
+        "data.source": "synthetic:reverse", "data.vocab_size": 12, "data.synthetic_pairs": 60,
+        "data.synthetic_len": [2, 6], "data.max_tokens": 40, "model.d_model": 48,
+        "model.embed_dim": 16})
+    result = nf.search("tiny", "darts-reversible", config=cfg, out=tmp_path / "s")
+    assert all(p.dtype == torch.float32 and torch.isfinite(p).all()
+               for p in result.supernet.parameters())
+    assert all(torch.isfinite(torch.tensor(h["loss_train"])) for h in result.history)
