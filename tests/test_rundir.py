@@ -166,7 +166,7 @@ def test_resume_allows_only_the_allow_list() -> None:
     with pytest.raises(nf.ConfigError) as err:
         resume_config(recorded, overrides={"lr": 0.5, "model.d_model": 96},
                       allowed=TRAIN_RESUMABLE)
-    assert "lr: recorded 0.002, given 0.5" in str(err.value)
+    assert "lr: recorded 0.003, given 0.5" in str(err.value)
     assert "model.d_model: recorded 144, given 96" in str(err.value)
     search = SearchConfig.preset_config("tiny")
     same = resume_config(search, requested=SearchConfig.preset_config("tiny"))
