@@ -9,6 +9,7 @@ Values the paper does not state are marked *(ours)* in the field descriptions.
 from __future__ import annotations
 
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -147,7 +148,7 @@ class SearchConfig(_Section):
         if name not in PRESETS:
             raise ConfigError(f"preset: unknown preset {name!r}; choose one of "
                               f"{', '.join(preset_names())}")
-        return apply_overrides(cls(), {"preset": name, **_flatten(PRESETS[name])})
+        return apply_overrides(cls(), {"preset": name, **flatten(PRESETS[name])})
 
     def to_json(self) -> str:
         return self.model_dump_json(indent=2)
@@ -289,7 +290,7 @@ def load_config(path: str | Path, base: C | None = None,
         preset = table.get("preset")
         base = cls.preset_config(preset) if isinstance(preset, str) else cls()
     try:
-        return apply_overrides(base, _flatten(table))
+        return apply_overrides(base, flatten(table))
     except ConfigError as err:
         raise ConfigError(f"{path}: {err}") from None
 
@@ -323,11 +324,12 @@ def parse_assignment(text: str) -> tuple[str, Any]:
     return key.strip(), value
 
 
-def _flatten(table: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+def flatten(table: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"model": {"d_model": 96}}`` -> ``{"model.d_model": 96}``."""
     out: dict[str, Any] = {}
     for key, value in table.items():
-        if isinstance(value, dict):
-            out.update(_flatten(value, f"{prefix}{key}."))
+        if isinstance(value, Mapping):
+            out.update(flatten(value, f"{prefix}{key}."))
         else:
             out[prefix + key] = value
     return out

@@ -17,10 +17,11 @@ import torch
 from pydantic import BaseModel
 from rich.console import Console
 
+from nasframe.config import flatten
 from nasframe.errors import ConfigError
 from nasframe.rundir import RunDir
 
-__all__ = ["SEARCH_RESUMABLE", "TRAIN_RESUMABLE", "flatten", "record_session", "resume_config"]
+__all__ = ["SEARCH_RESUMABLE", "TRAIN_RESUMABLE", "record_session", "resume_config"]
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -29,17 +30,6 @@ SEARCH_RESUMABLE = ("steps", "checkpoint_every", "log_every", "keep_checkpoints"
                     "skip_nonfinite", "preset")
 TRAIN_RESUMABLE = ("steps", "minutes", "checkpoint_every", "valid_every", "log_every",
                    "keep_checkpoints", "average_last", "device", "skip_nonfinite", "preset")
-
-
-def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"model": {"d_model": 96}}`` -> ``{"model.d_model": 96}``."""
-    out: dict[str, Any] = {}
-    for key, value in data.items():
-        if isinstance(value, Mapping):
-            out.update(flatten(value, f"{prefix}{key}."))
-        else:
-            out[prefix + key] = value
-    return out
 
 
 def _unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:

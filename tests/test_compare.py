@@ -9,7 +9,6 @@ import pytest
 import nasframe.compare.cells as cells
 from nasframe.cli import main
 from nasframe.compare import CompareSpec, compare, load_spec
-from nasframe.data import ParallelCorpus, load_split, write_tsv
 from nasframe.errors import CheckpointError, ConfigError
 from nasframe.plots import alpha_history, plot_alphas, plot_curves
 
@@ -17,15 +16,6 @@ ROWS = [{"name": "transformer", "architecture": "transformer"},
         {"name": "dartsformer", "strategy": "darts-reversible", "space": "tiny"},
         {"name": "random", "strategy": "random", "space": "tiny"}]
 
-
-@pytest.fixture(scope="module")
-def corpus_dir(tmp_path_factory) -> Path:
-    """Small train / valid / test splits of the embedded corpus."""
-    folder = tmp_path_factory.mktemp("corpus")
-    for split, n in (("train", 300), ("valid", 20), ("test", 20)):
-        c = load_split("lohelp", split)
-        write_tsv(ParallelCorpus(c.src[:n], c.tgt[:n], split), folder / f"{split}.tsv")
-    return folder
 
 
 def spec(corpus_dir: Path, rows: list[dict] = ROWS, **settings) -> CompareSpec:

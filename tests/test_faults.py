@@ -20,7 +20,7 @@ import torch
 import nasframe as nf
 from nasframe.cli import main
 from nasframe.config import SearchConfig, TrainConfig, apply_overrides
-from nasframe.data import DataSpec, ParallelCorpus, load_split, write_tsv
+from nasframe.data import DataSpec
 from nasframe.errors import NonFiniteError
 from nasframe.executor import Executor
 from nasframe.rundir import RunDir, RunKind, load_checkpoint
@@ -55,13 +55,6 @@ def metrics(run: Path) -> list[dict[str, Any]]:
     return [{k: v for k, v in r.items() if k not in ("time", "tokens_per_s", "elapsed")}
             for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())]
 
-
-@pytest.fixture(scope="module")
-def small_tsv(tmp_path_factory) -> Path:
-    corpus = load_split("lohelp", "train")
-    path = tmp_path_factory.mktemp("data") / "small.tsv"
-    write_tsv(ParallelCorpus(corpus.src[:300], corpus.tgt[:300], "small"), path)
-    return path
 
 
 def train_config(**changes: Any) -> TrainConfig:

@@ -9,23 +9,12 @@ import pytest
 
 import nasframe as nf
 from nasframe.cli import main
-from nasframe.data import ParallelCorpus, load_split, write_tsv
 from nasframe.pipeline import (
     QuickstartOptions,
     describe_architecture,
     fresh_directory,
     run_quickstart,
 )
-
-
-@pytest.fixture(scope="module")
-def corpus_dir(tmp_path_factory) -> Path:
-    """A folder with small train / valid / test splits of the embedded corpus."""
-    folder = tmp_path_factory.mktemp("corpus")
-    for split, n in (("train", 300), ("valid", 20), ("test", 20)):
-        c = load_split("lohelp", split)
-        write_tsv(ParallelCorpus(c.src[:n], c.tgt[:n], split), folder / f"{split}.tsv")
-    return folder
 
 
 @pytest.fixture(scope="module")

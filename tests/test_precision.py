@@ -1,23 +1,13 @@
 """Mixed precision in both loops: bf16 autocast (CPU and GPU), fp16 with a gradient scaler."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 
 import nasframe as nf
 from nasframe.config import SearchConfig, TrainConfig, apply_overrides
-from nasframe.data import DataSpec, ParallelCorpus, load_split, write_tsv
+from nasframe.data import DataSpec
 from nasframe.rundir import RunDir, RunKind
-
-
-@pytest.fixture(scope="module")
-def small_tsv(tmp_path_factory) -> Path:
-    corpus = load_split("lohelp", "train")
-    path = tmp_path_factory.mktemp("data") / "small.tsv"
-    write_tsv(ParallelCorpus(corpus.src[:300], corpus.tgt[:300], "small"), path)
-    return path
 
 
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])

@@ -13,25 +13,14 @@ from nasframe.cli import main
 from nasframe.config import TrainConfig
 from nasframe.data import (
     DataSpec,
-    ParallelCorpus,
     corpus_split,
     load_data,
     load_split,
-    write_tsv,
 )
 from nasframe.loading import load_run
 from nasframe.rundir import average_states, load_checkpoint
 from nasframe.runtime import inverse_sqrt, label_smoothed_loss
 from nasframe.training import train
-
-
-@pytest.fixture(scope="module")
-def small_tsv(tmp_path_factory) -> Path:
-    """300 real sentence pairs: enough for a 200-piece vocabulary, quick to train on."""
-    corpus = load_split("lohelp", "train")
-    path = tmp_path_factory.mktemp("data") / "small.tsv"
-    write_tsv(ParallelCorpus(corpus.src[:300], corpus.tgt[:300], "small"), path)
-    return path
 
 
 def tiny_config(**changes) -> TrainConfig:
