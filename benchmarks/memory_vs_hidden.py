@@ -10,16 +10,18 @@ temporaries (CPU: torch's MemTracker by category, or ``--tracker light``; CUDA:
 ``max_memory_allocated``). Beside it, the activation bytes autograd keeps for backward.
 
 With ``--space``, the one space is measured with reconstruction off (what DARTS does) and, if
-it has a reversible stack, on. With ``--memory-limit 2GiB`` the largest measured d each
-strategy fits in.
+it has a reversible stack, on. With ``--memory-limit 2GiB`` the largest d each strategy
+fits in: among the measured sizes, and estimated from a quadratic fit of their peaks.
 
     nasframe bench memory [--d 48 96 192 384] [--memory-limit 2GiB] [--threads 1] [--quick]
 """
 from __future__ import annotations
 
 import argparse
+import math
 from typing import Any
 
+import numpy
 import torch
 
 import nasframe as nf
@@ -90,6 +92,21 @@ def measure(space: SearchSpace, saving: bool, d: int, args: argparse.Namespace,
     return {"peak": peak, "kept": kept, "parameters": sum(p.numel() for p in weights)}
 
 
+def _estimate(measured: list[tuple[int, int]], limit: int, multiple: int) -> int | None:
+    """The largest d (a multiple of ``multiple``) whose peak, by a quadratic fit of the
+    measured peaks against d (weights and optimiser states grow as d**2), is within ``limit``;
+    None with fewer than three sizes measured."""
+    if len(measured) < 3:
+        return None
+    coef = numpy.polyfit([d for d, _ in measured], [b for _, b in measured], 2)
+    best, d = None, multiple
+    while d <= 64 * max(x for x, _ in measured):
+        if numpy.polyval(coef, d) <= limit:
+            best = d
+        d += multiple
+    return best
+
+
 def run(args: argparse.Namespace) -> None:
     setup = _report.setup(args)
     sizes = args.d or ([48] if args.quick else [48, 96, 192, 384])
@@ -125,12 +142,16 @@ def run(args: argparse.Namespace) -> None:
         for r in at_d:
             if base and r["peak MiB"]:
                 r[f"{first} / this"] = base / r["peak MiB"]
-    fits = {}
+    fits: dict[str, dict[str, int | None]] = {}
     if limit is not None:
+        multiple = math.lcm(*(need for space, _ in cases.values()
+                              for need, _ in _report.width_rule(space)))
         for label in cases:
-            ok = [r["d"] for r in rows if r["method"] == label
-                  and r.get("peak bytes") is not None and r["peak bytes"] <= limit]
-            fits[label] = max(ok) if ok else None
+            measured = [(r["d"], r["peak bytes"]) for r in rows
+                        if r["method"] == label and r.get("peak bytes") is not None]
+            ok = [d for d, b in measured if b <= limit]
+            fits[label] = {"measured": max(ok) if ok else None,
+                           "estimated": _estimate(measured, limit, multiple)}
     meta = {"device": _report.device_label(device), **setup,
             **_report.args_meta(args),
             "d": sizes, "tracker": tracker, "measured with": rows[0].get("measured with"),
@@ -139,9 +160,10 @@ def run(args: argparse.Namespace) -> None:
     cols = ["d", "method", "peak MiB", "kept MiB", f"{first} / this"]
     _report.write(NAME, rows, meta, cols, args.out)
     if limit is not None:
-        for label, d in fits.items():
-            print(f"{label}: largest measured d within {args.memory_limit}: "
-                  f"{'none' if d is None else d}")
+        for label, fit in fits.items():
+            print(f"{label}: largest d within {args.memory_limit}: measured "
+                  f"{fit['measured'] or 'none'}, estimated {fit['estimated'] or '-'} "
+                  "(quadratic fit of the measured peaks, multiples of the width rule)")
     series = {f"{label} (peak)": ([r["d"] for r in rows if r["method"] == label and r["peak MiB"]],
                                   [r["peak MiB"] for r in rows
                                    if r["method"] == label and r["peak MiB"]])
