@@ -73,8 +73,8 @@ def measure(space: SearchSpace, saving: bool, d: int, args: argparse.Namespace,
     weights = [p for p in model.parameters() if all(p is not a for a in alphas)]
     optim = OptimConfig()
     w_opt, _ = weight_optimizer(weights, optim)
-    a_opt = alpha_optimizer(alphas, optim)
-    steps = [(a_opt, alphas), (w_opt, weights)] if alphas else [(w_opt, weights)]
+    steps = [(alpha_optimizer(alphas, optim), alphas)] if alphas else []  # a fixed space: none
+    steps.append((w_opt, weights))
 
     def step(between) -> None:
         for k, (opt, params) in enumerate(steps):
@@ -88,7 +88,7 @@ def measure(space: SearchSpace, saving: bool, d: int, args: argparse.Namespace,
     step(lambda: None)  # the optimiser states exist from the first update on
     kept = saved_bytes(lambda: model(src, tgt).log_softmax(-1).sum(),
                        exclude=list(model.parameters())).bytes
-    peak = step_peak(step, model, [w_opt, a_opt], device, tracker)
+    peak = step_peak(step, model, [opt for opt, _ in steps], device, tracker)
     return {"peak": peak, "kept": kept, "parameters": sum(p.numel() for p in weights)}
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import nasframe as nf
 from nasframe.cli import main
 from nasframe.errors import ConfigError
 from nasframe.memory import parse_bytes, step_peak
@@ -40,6 +41,10 @@ def test_bench_memory_reports_the_peak_by_d_and_the_limit(tmp_path: Path) -> Non
 def test_bench_memory_takes_a_users_space(tmp_path: Path) -> None:
     rows = _bench(tmp_path, "memory", "--space", "tiny", "--space-option", "layers=1")["rows"]
     assert [r["method"] for r in rows] == ["tiny, reconstruction off", "tiny, reconstruction on"]
+    spec = tmp_path / "transformer.json"
+    spec.write_text(nf.spaces.get("transformer").to_json())
+    rows = _bench(tmp_path, "memory", "--space", str(spec), "--d", "40")["rows"]
+    assert [(r["d"], r["method"]) for r in rows] == [(40, "transformer, reconstruction off")]
 
 
 @pytest.mark.parametrize("argv", [["memory", "--d", "72"], ["speed", "--d", "100"],
