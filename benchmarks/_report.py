@@ -1,9 +1,12 @@
-"""What every benchmark shares: common options, paired timing, and writing the results
-(JSON with the device and thread count, a rich table, a PNG if matplotlib is installed)."""
+"""What every benchmark shares: common options (``--out``, ``--quick``, ``--d``, ``--space``),
+the rule a hidden size must follow, paired timing, and writing the results (JSON with the device
+and thread count, a rich table, a PNG if matplotlib is installed)."""
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
+import math
 import os
 import platform
 import statistics
@@ -16,22 +19,95 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-RESULTS = Path(__file__).parent / "results"
+from nasframe.config import parse_assignment
+from nasframe.errors import ConfigError
+from nasframe.ops.base import op_factory
+from nasframe.search import resolve_space
+from nasframe.space import OpSet, OpSpec, SearchSpace, Stack
+
+RESULTS = Path("bench-results")  # relative to the current directory, never the package
 
 
-def add_common_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", type=Path, default=RESULTS, help="directory for <name>.json/.png")
+def add_common_args(p: argparse.ArgumentParser, threads: bool = True) -> None:
+    """``threads=False`` under ``nasframe bench``, whose ``--threads`` comes from the CLI."""
+    p.add_argument("--out", type=Path, default=RESULTS,
+                   help="directory for <name>.json/.png (default: ./bench-results)")
     p.add_argument("--quick", action="store_true", help="small sizes, few repetitions")
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch intra-op threads (recorded; default 1 for a shared machine)")
+    if threads:
+        p.add_argument("--threads", type=int, default=1,
+                       help="torch intra-op threads (recorded; default 1 for a shared machine)")
+
+
+def add_space_args(p: argparse.ArgumentParser, default: str | None) -> None:
+    p.add_argument("--space", default=default, metavar="SPACE",
+                   help="a built-in space name, a space JSON file or module:attribute"
+                        + (f" (default: {default})" if default else ""))
+    p.add_argument("--space-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="option of a built-in space or factory, e.g. layers=1 (repeatable)")
+
+
+def space_from_args(args: argparse.Namespace, name: str | None = None,
+                    **defaults: Any) -> SearchSpace:
+    """``--space`` (or ``name``) with ``--space-option``; ``defaults`` are options that apply
+    to a built-in name only (a JSON file or ``module:attribute`` gets just the user's)."""
+    text = str(name or args.space)
+    user = dict(parse_assignment(o) for o in args.space_option)
+    if text.endswith(".json") or Path(text).is_file():
+        if user:
+            raise ConfigError("--space-option applies to built-in spaces, not a space JSON file")
+        return resolve_space(text)
+    return resolve_space(text, **{**({} if ":" in text else defaults), **user})
+
+
+def _heads(spec: OpSpec) -> int:
+    """The op's head count (1 for an op without heads): its parameter or its default."""
+    if "heads" in spec.params:
+        return int(spec.params["heads"])
+    param = inspect.signature(op_factory(spec.name)).parameters.get("heads")
+    if param is None or not isinstance(param.default, int):
+        return 1
+    return param.default
+
+
+def width_rule(space: SearchSpace) -> list[tuple[int, str]]:
+    """Per part, the multiple a hidden size must be and why: each split of a reversible stack
+    is d / splits wide, which the heads of every op in it must divide."""
+    rules = []
+    for part, spec in space.parts():
+        splits = spec.splits if isinstance(spec, Stack) else 1
+        heads = 1
+        for _, what in spec.units():
+            for op in (what.ops if isinstance(what, OpSet) else [what]):
+                heads = math.lcm(heads, _heads(op))
+        rules.append((splits * heads, f"{part}.splits={splits} with {heads} heads per split"
+                      if splits > 1 else f"the {heads} heads of {part}"))
+    return rules
+
+
+def check_d(space: SearchSpace, sizes: Sequence[int]) -> None:
+    """Refuse a hidden size that cannot split, with the rule (ConfigError: one error line)."""
+    rules = width_rule(space)
+    multiple = math.lcm(*(need for need, _ in rules))
+    for d in sizes:
+        broken = [why for need, why in rules if d < 1 or d % need]
+        if broken:
+            raise ConfigError(f"--d {d}: not divisible by {' or '.join(broken)} (d must be a "
+                              f"multiple of {multiple} in space {space.name!r})")
 
 
 def setup(args: argparse.Namespace) -> dict[str, Any]:
-    """Apply ``--threads``; return what the results must record about the run."""
-    torch.set_num_threads(args.threads)
+    """Apply ``--threads`` (when given); return what the results must record about the run."""
+    if getattr(args, "threads", None):
+        torch.set_num_threads(args.threads)
     return {"threads": torch.get_num_threads(),
             "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
             "torch": torch.__version__}
+
+
+def args_meta(args: argparse.Namespace) -> dict[str, Any]:
+    """The options of a run, for its results (the thread count comes from ``setup``)."""
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
+            if k not in ("func", "threads", "imports", "command", "benchmark")}
 
 
 def device_label(device: torch.device) -> str:

@@ -9,7 +9,7 @@ For a DARTSformer supernet (weighted choices, dropout on), in float32, per (d, d
   reconstruction pays) and the rest (``excess`` = recon - plain - no-grad forward);
 - each for the weight step (every gradient) and the alpha step (weights frozen).
 
-    python -m benchmarks.reconstruction [--depths 2 6 12] [--d 96 240] [--threads 1] [--quick]
+    nasframe bench reconstruction [--depths 2 6 12] [--d 96 240] [--threads 1] [--quick]
 """
 from __future__ import annotations
 
@@ -19,7 +19,8 @@ import statistics
 import torch
 
 import nasframe as nf
-from benchmarks import _report
+
+from . import _report
 
 
 def _step(model: nf.Supernet, src: torch.Tensor, tgt: torch.Tensor) -> list:
@@ -54,22 +55,25 @@ def profile_ops(model: nf.Supernet, src: torch.Tensor, tgt: torch.Tensor,
             for e in events[:top]]
 
 
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--depths", type=int, nargs="+", default=[2, 6, 12])
-    p.add_argument("--d", type=int, nargs="+", default=[96, 240])
+    p.add_argument("--d", type=int, nargs="+", default=None, help="hidden sizes (96 240)")
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--batch", type=int, nargs=2, default=[8, 24], metavar=("SENTENCES", "TOKENS"))
     p.add_argument("--profile", action="store_true", help="top ops by self CPU time")
     p.add_argument("--steps", nargs="+", default=["weights", "alpha"],
                    choices=["weights", "alpha"], help="which update steps to time")
-    _report.add_common_args(p)
-    args = p.parse_args(argv)
+    _report.add_space_args(p, "dartsformer")
+
+
+def run(args: argparse.Namespace) -> None:
     if args.quick:
-        args.depths, args.d, args.repeats = [2, 6], [96], 6
+        args.depths, args.repeats = [x for x in args.depths if x <= 6], min(args.repeats, 6)
+    args.d = args.d or ([96] if args.quick else [96, 240])
+    space = _report.space_from_args(args, layers=1)
+    _report.check_d(space, args.d)
     meta = _report.setup(args)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    space = nf.spaces.get("dartsformer", layers=1)
     g = torch.Generator().manual_seed(0)
     src = torch.randint(4, 500, tuple(args.batch), generator=g).to(device)
     tgt = torch.randint(4, 500, tuple(args.batch), generator=g).to(device)
@@ -94,8 +98,8 @@ def main(argv: list[str] | None = None) -> None:
             if args.profile:
                 profiles[f"d={d}, L={depth}"] = profile_ops(model, src, tgt)
     meta.update({"device": _report.device_label(device), "dtype": "float32",
-                 "dropout": 0.1, "space": "dartsformer (weighted, all candidates)",
-                 **{k: (str(v) if k == "out" else v) for k, v in vars(args).items()}})
+                 "dropout": 0.1, **_report.args_meta(args),
+                 "space": f"{space.name} (weighted, all candidates)"})
     if profiles:
         meta["profile (share of self CPU time, reconstruction step)"] = profiles
     cols = ["d", "layers per stack", "step", "drift", "max rel grad error", "time plain (s)",
@@ -136,6 +140,13 @@ def _measure(model: nf.Supernet, src: torch.Tensor, tgt: torch.Tensor, repeats: 
             "ratio median": ratio["median"], "ratio min": ratio["min"],
             "ratio q1": ratio["q1"], "ratio q3": ratio["q3"],
             "ratio max": ratio["max"], "pairs": ratio["pairs"]}
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    add_arguments(p)
+    _report.add_common_args(p)
+    run(p.parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ against float64, for float32 and for bf16 autocast (CPU; also fp16 on CUDA), wit
 reconstruction and, to separate what reconstruction adds, with plain autograd at the same
 precision. Dropout is off here so that every precision computes the same function.
 
-    python -m benchmarks.speed [--d 96] [--layers 6] [--depths 2 6 12 24] [--threads 1] [--quick]
+    nasframe bench speed [--d 96] [--layers 6] [--depths 2 6 12 24] [--threads 1] [--quick]
 """
 from __future__ import annotations
 
@@ -25,8 +25,11 @@ import statistics
 import torch
 
 import nasframe as nf
-from benchmarks import _report
+from nasframe.errors import ConfigError
 from nasframe.memory import allocated_peak_bytes, saved_bytes
+from nasframe.space import Stack
+
+from . import _report
 
 
 def _config(model: nf.Supernet, saving: bool, keep: int) -> None:
@@ -59,13 +62,13 @@ def _peak(model: nf.Supernet, src: torch.Tensor, tgt: torch.Tensor,
     return allocated_peak_bytes(lambda: _step(model, src, tgt))
 
 
-def time_memory(args: argparse.Namespace, device: torch.device) -> list[dict]:
-    space = nf.spaces.get("dartsformer", layers=1)
+def time_memory(args: argparse.Namespace, device: torch.device, space: nf.SearchSpace,
+                d: int) -> list[dict]:
     g = torch.Generator().manual_seed(0)
     src = torch.randint(4, 500, tuple(args.batch), generator=g).to(device)
     tgt = torch.randint(4, 500, tuple(args.batch), generator=g).to(device)
     torch.manual_seed(0)
-    cfg = nf.ModelConfig(d_model=args.d, blocks=args.layers, dropout=0.1)
+    cfg = nf.ModelConfig(d_model=d, blocks=args.layers, dropout=0.1)
     model = nf.Supernet(space, cfg, vocab_size=500).to(device).train()
     params = list(model.parameters())
     settings = {"plain": (False, 0), **{f"K={k}": (True, k) for k in range(args.layers + 1)}}
@@ -83,7 +86,8 @@ def time_memory(args: argparse.Namespace, device: torch.device) -> list[dict]:
         _config(model, saving, keep)
         kept = saved_bytes(lambda: model(src, tgt).sum(), exclude=params).bytes
         ratio = _report.ratio_summary(times[name], times["plain"])
-        rows.append({"setting": name, "kept layers per stack": keep if saving else args.layers,
+        rows.append({"d": d, "setting": name,
+                     "kept layers per stack": keep if saving else args.layers,
                      "time (s)": statistics.median(times[name]),
                      "time / plain": ratio["median"], "ratio min": ratio["min"],
                      "ratio max": ratio["max"], "kept MiB": kept / 2**20,
@@ -98,8 +102,8 @@ def _precisions(device: torch.device) -> dict[str, tuple[torch.dtype, torch.dtyp
     return out
 
 
-def precision(args: argparse.Namespace, device: torch.device) -> list[dict]:
-    space = nf.spaces.get("dartsformer", layers=1)
+def precision(args: argparse.Namespace, device: torch.device,
+              space: nf.SearchSpace) -> list[dict]:
     g = torch.Generator().manual_seed(0)
     src = torch.randint(4, 500, tuple(args.precision_batch), generator=g).to(device)
     tgt = torch.randint(4, 500, tuple(args.precision_batch), generator=g).to(device)
@@ -147,9 +151,8 @@ def _errors(grads: list[torch.Tensor], reference: list[torch.Tensor]) -> tuple[f
     return (num / den).sqrt().item(), worst
 
 
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--d", type=int, default=96)
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--d", type=int, nargs="+", default=[96], help="hidden sizes (96)")
     p.add_argument("--layers", type=int, default=6, help="layers per stack (K runs 0..L)")
     p.add_argument("--batch", type=int, nargs=2, default=[8, 24], metavar=("SENTENCES", "TOKENS"))
     p.add_argument("--repeats", type=int, default=8)
@@ -158,24 +161,34 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--precision-batch", type=int, nargs=2, default=[4, 12])
     p.add_argument("--parts", nargs="+", default=["memory", "precision"],
                    choices=["memory", "precision"])
-    _report.add_common_args(p)
-    args = p.parse_args(argv)
+    _report.add_space_args(p, "dartsformer")
+
+
+def run(args: argparse.Namespace) -> None:
     if args.quick:
-        args.layers, args.repeats = 4, 4
+        args.layers, args.repeats = min(args.layers, 4), min(args.repeats, 4)
+    space = _report.space_from_args(args, layers=1)
+    if not any(isinstance(spec, Stack) for _, spec in space.parts()):
+        raise ConfigError(f"--space {args.space}: has no reversible stack; bench speed measures "
+                          "backprop with reconstruction")
+    _report.check_d(space, [*args.d, args.precision_d])
     meta = _report.setup(args)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     meta.update({"device": _report.device_label(device),
-                 **{k: (str(v) if k == "out" else v) for k, v in vars(args).items()}})
+                 **_report.args_meta(args), "space": space.name})
     if "memory" in args.parts:
-        rows = time_memory(args, device)
+        rows = [r for d in args.d for r in time_memory(args, device, space, d)]
         _report.write("speed", rows, meta | {"part": "time vs memory, keep_layers K"},
                       list(rows[0]), args.out)
-        _report.plot("speed", {"reconstruction, K kept layers": (
-            [r["peak MiB"] for r in rows[1:]], [r["time / plain"] for r in rows[1:]]),
-            "plain autograd": ([rows[0]["peak MiB"]], [1.0])},
-            "peak MiB during the step", "time / plain", args.out)
+        series = {}
+        for d in args.d:
+            at = [r for r in rows if r["d"] == d]
+            series[f"d={d}: reconstruction, K kept layers"] = (
+                [r["peak MiB"] for r in at[1:]], [r["time / plain"] for r in at[1:]])
+            series[f"d={d}: plain autograd"] = ([at[0]["peak MiB"]], [1.0])
+        _report.plot("speed", series, "peak MiB during the step", "time / plain", args.out)
     if "precision" in args.parts:
-        rows = precision(args, device)
+        rows = precision(args, device, space)
         _report.write("speed_precision", rows, meta | {"part": "precision vs float64"},
                       list(rows[0]), args.out)
         series = {label: ([r["depth (layers per stack)"] for r in rows if r["precision"] == label],
@@ -183,6 +196,13 @@ def main(argv: list[str] | None = None) -> None:
                   for label in _precisions(device)}
         _report.plot("speed_precision", series, "layers per stack",
                      "relative gradient error vs float64", args.out, logy=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    add_arguments(p)
+    _report.add_common_args(p)
+    run(p.parse_args(argv))
 
 
 if __name__ == "__main__":

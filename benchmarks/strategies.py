@@ -7,7 +7,7 @@ reconstruction off, reported as the median with min/max.
 Quality (re-trained BLEU of each strategy's architecture) needs `nasframe quickstart`-style
 re-training per strategy and a GPU-sized budget; this benchmark measures the search cost.
 
-    python -m benchmarks.strategies [--preset tiny] [--steps 40] [--repeats 3] [--threads 1]
+    nasframe bench strategies [--preset tiny] [--steps 40] [--repeats 3] [--threads 1]
 """
 from __future__ import annotations
 
@@ -17,8 +17,10 @@ import statistics
 import torch
 
 import nasframe as nf
-from benchmarks import _report
 from nasframe.config import SearchConfig, apply_overrides
+from nasframe.strategy import get_strategy
+
+from . import _report
 
 BASELINE = "darts-reversible, reconstruction off"
 CASES = [  # (label, strategy, overrides)
@@ -31,22 +33,41 @@ CASES = [  # (label, strategy, overrides)
 ]
 
 
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", default="tiny")
     p.add_argument("--steps", type=int, default=40)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--data", default="lohelp")
     p.add_argument("--cases", nargs="+", help="labels to run (default: all)")
-    _report.add_common_args(p)
-    args = p.parse_args(argv)
+    p.add_argument("--d", type=int, nargs="+", default=None,
+                   help="hidden sizes (default: the preset's)")
+    _report.add_space_args(p, None)
+
+
+def run(args: argparse.Namespace) -> None:
     if args.quick:
-        args.steps, args.repeats = 8, 3
-    meta = _report.setup(args)
+        args.steps, args.repeats = min(args.steps, 8), min(args.repeats, 3)
+    space = _report.space_from_args(args) if args.space else None
     cases = [c for c in CASES if not args.cases or c[0] in args.cases or c[0] == BASELINE]
+    for _, strategy, _ in cases if args.d else []:
+        _report.check_d(space or nf.spaces.get(get_strategy(strategy).default_space), args.d)
+    meta = _report.setup(args)
+    rows = []
+    for d in args.d or [None]:
+        rows += _run_size(args, cases, space, d)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    meta.update({"device": _report.device_label(device),
+                 **_report.args_meta(args),
+                 "note": "seconds include building the supernet and SPOS' final evolution"})
+    _report.write("strategies", rows, meta, list(rows[0]), args.out)
+
+
+def _run_size(args: argparse.Namespace, cases: list, space: nf.SearchSpace | None,
+              d: int | None) -> list[dict]:
+    size = {} if d is None else {"model.d_model": d}
     configs = {label: (strategy, apply_overrides(
         SearchConfig.preset_config(args.preset),
-        {"log_every": args.steps, "checkpoint_every": 10**9, **overrides}))
+        {"log_every": args.steps, "checkpoint_every": 10**9, **size, **overrides}))
         for label, strategy, overrides in cases}
     spaces: dict[str, str] = {}
 
@@ -54,26 +75,31 @@ def main(argv: list[str] | None = None) -> None:
         strategy, cfg = configs[label]
 
         def run() -> None:
-            result = nf.search(strategy=strategy, data=args.data, config=cfg, steps=args.steps)
+            result = nf.search(space, strategy=strategy, data=args.data, config=cfg,
+                               steps=args.steps)
             spaces[label] = result.supernet.space.name
         return run
 
     for label in configs:  # warm-up, caches (data, vocabulary)
         strategy, cfg = configs[label]
-        nf.search(strategy=strategy, data=args.data, config=cfg, steps=2)
+        nf.search(space, strategy=strategy, data=args.data, config=cfg, steps=2)
     times = _report.paired({label: runner(label) for label in configs}, args.repeats, warmup=0)
     rows = []
     for label in configs:
         ratio = _report.ratio_summary(times[label], times[BASELINE])
         rows.append({"strategy": label, "space": spaces.get(label),
+                     "d": configs[label][1].model.d_model,
                      "updates/s": args.steps / statistics.median(times[label]),
                      f"time / {BASELINE}": ratio["median"], "ratio min": ratio["min"],
                      "ratio max": ratio["max"], "pairs": ratio["pairs"]})
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    meta.update({"device": _report.device_label(device),
-                 **{k: (str(v) if k == "out" else v) for k, v in vars(args).items()},
-                 "note": "seconds include building the supernet and SPOS' final evolution"})
-    _report.write("strategies", rows, meta, list(rows[0]), args.out)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    add_arguments(p)
+    _report.add_common_args(p)
+    run(p.parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Memory measurement: bytes kept for backward (any device) and CUDA peak memory.
+"""Memory measurement: bytes kept for backward (any device), CUDA peak memory, and the peak of a
+whole training step by category (``step_peak``).
 
 ``saved_bytes`` counts the unique storages that autograd keeps between forward and backward,
 the memory that backprop with reconstruction removes; parameters are left out because both
@@ -6,6 +7,7 @@ methods keep them anyway. On CUDA ``peak_bytes`` adds what backward itself alloc
 """
 from __future__ import annotations
 
+import re
 import weakref
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -17,7 +19,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 __all__ = ["SavedBytes", "saved_bytes", "peak_bytes", "allocated_peak_bytes", "measure_step",
-           "choose_keep_layers", "layer_saved_bytes"]
+           "choose_keep_layers", "layer_saved_bytes", "step_peak", "StepPeak", "parse_bytes"]
 
 
 @dataclass
@@ -156,3 +158,95 @@ def choose_keep_layers(per_layer_bytes: Sequence[int], budget: int) -> int:
         total += size
         k += 1
     return k
+
+
+@dataclass
+class StepPeak:
+    """The peak bytes of a step and what they were at that moment (categories add up to
+    ``total``); ``how`` names the tool that measured it."""
+
+    total: int
+    categories: dict[str, int]
+    how: str
+
+
+#: MemTracker's categories under the names the reports use.
+_MEMTRACKER_NAMES = {"PARAM": "weights", "BUFFER": "buffers", "GRAD": "gradients",
+                     "OPT": "optimiser states", "ACT": "activations", "TEMP": "temporaries",
+                     "OTH": "other"}
+
+
+def _tensor_bytes(tensors: Iterable[Any]) -> int:
+    seen: dict[int, int] = {}
+    for t in tensors:
+        if isinstance(t, Tensor) and t.device.type != "meta":
+            seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+    return sum(seen.values())
+
+
+def _optimiser_bytes(optimizers: Sequence[torch.optim.Optimizer]) -> int:
+    return _tensor_bytes(v for opt in optimizers for state in opt.state.values()
+                         for v in state.values())
+
+
+def step_peak(step: Callable[[Callable[[], None]], Any], model: torch.nn.Module,
+              optimizers: Sequence[torch.optim.Optimizer], device: torch.device,
+              tracker: str = "memtracker") -> StepPeak:
+    """Peak memory of ``step`` (one full update: forward, backward, optimiser step), everything
+    alive counted: weights, gradients, optimiser states, activations and temporaries.
+
+    ``step(between)`` must call ``between()`` before each forward pass after its first (torch's
+    MemTracker refuses a module's second forward otherwise). Run ``step`` once before, so that
+    the optimiser states exist as they do in every later update.
+
+    On CUDA the peak is ``torch.cuda.max_memory_allocated``; weights, optimiser states and the
+    gradients left after the step are counted directly and the rest of the peak is activations
+    and temporaries. On CPU ``tracker="memtracker"`` uses torch's MemTracker (by category, slow:
+    tens of seconds per step on a busy CPU); ``"light"`` uses ``allocated_peak_bytes`` (what the
+    step allocates, activations, gradients and temporaries together) above the weights and
+    optimiser states that exist before it.
+    """
+    params = list(model.parameters()) + list(model.buffers())
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        step(lambda: None)
+        torch.cuda.synchronize(device)
+        total = torch.cuda.max_memory_allocated(device)
+        cats = {"weights": _tensor_bytes(params), "optimiser states": _optimiser_bytes(optimizers),
+                "gradients (after the step)": _tensor_bytes(p.grad for p in params)}
+        cats["activations and temporaries"] = total - sum(cats.values())
+        return StepPeak(total, cats, "torch.cuda.max_memory_allocated")
+    if tracker == "light":
+        before = {"weights": _tensor_bytes(params),
+                  "optimiser states": _optimiser_bytes(optimizers),
+                  "gradients (before the step)": _tensor_bytes(p.grad for p in params)}
+        during = allocated_peak_bytes(lambda: step(lambda: None))
+        cats = {**before, "allocated by the step (activations, gradients, temporaries)": during}
+        return StepPeak(sum(cats.values()), cats, "nasframe.memory.allocated_peak_bytes")
+    from torch.distributed._tools.mem_tracker import MemTracker
+
+    mt = MemTracker()
+    mt.track_external(model, *optimizers)
+    with mt:
+        step(mt.reset_mod_stats)  # per-module stats only; the global peak is kept
+    snap = mt.get_tracker_snapshot("peak").get(device, {})
+    cats = {_MEMTRACKER_NAMES.get(getattr(k, "name", str(k)), str(k)): int(v)
+            for k, v in snap.items() if str(k) != "Total"}
+    return StepPeak(sum(cats.values()), cats,
+                    "torch.distributed._tools.mem_tracker.MemTracker")
+
+
+_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+
+
+def parse_bytes(text: str) -> int:
+    """``"2GiB"`` -> 2147483648; ``"500MB"``, ``"1.5 GiB"``, plain byte counts."""
+    from nasframe.errors import ConfigError
+
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", text)
+    if m is None or m.group(2).lower() not in _UNITS:
+        raise ConfigError(f"memory size {text!r}: write a number with a unit, e.g. 2GiB or "
+                          "500MB")
+    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])

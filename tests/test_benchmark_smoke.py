@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from benchmarks import reconstruction, speed
+from nasframe.benchmarks import reconstruction, speed
 
 
 def test_speed_and_reconstruction_benchmarks_write_their_results(tmp_path: Path) -> None:
