@@ -21,9 +21,9 @@ import nasframe as nf
 from nasframe.cli import main
 from nasframe.config import SearchConfig, TrainConfig, apply_overrides
 from nasframe.data import DataSpec
-from nasframe.errors import NonFiniteError
+from nasframe.errors import NonFiniteError, RunDirError
 from nasframe.executor import Executor
-from nasframe.rundir import RunDir, RunKind, load_checkpoint
+from nasframe.rundir import RunDir, RunKind, load_checkpoint, read_metrics
 from nasframe.search import search
 from nasframe.strategy import SearchContext
 from nasframe.training import train
@@ -299,34 +299,45 @@ else:
 """
 
 
-def _run_with_kills(script: str, args: list[str], kills: int, seed: int) -> int:
-    """Run ``script`` to the end, SIGKILLed at ``kills`` random moments; returns the kills
-    that landed before the run finished."""
+def _last_update(run: Path) -> int:
+    try:
+        return max((int(r["step"]) for r in read_metrics(run / "metrics.jsonl")
+                    if r.get("event") == "train"), default=0)
+    except RunDirError:
+        return 0
+
+
+def _run_with_kills(script: str, args: list[str], out: Path, total: int, kills: int,
+                    seed: int) -> int:
+    """Run ``script`` to the end, SIGKILLed ``kills`` times at random moments: after random
+    updates (whatever the machine's load), plus a random fraction of a second, so a kill may
+    land inside an update, a checkpoint write or an architecture write. Returns the kills."""
     rng = random.Random(seed)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    landed = 0
-    for _ in range(kills + 50):
+    targets = sorted(rng.sample(range(1, total), kills))
+    for target in targets:
         proc = subprocess.Popen([sys.executable, "-c", script, *args], env=env,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        if landed < kills:
-            time.sleep(rng.uniform(2.0, 5.0))  # imports take ~2 s, then the run
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGKILL)
-                proc.wait()
-                landed += 1
-                continue
-        _, err = proc.communicate(timeout=300)
-        assert proc.returncode == 0, err.decode()[-2000:]
-        return landed
-    raise AssertionError("the run never finished")
+        deadline = time.monotonic() + 300
+        while _last_update(out) < target and proc.poll() is None:
+            assert time.monotonic() < deadline, "the run made no progress"
+            time.sleep(0.02)
+        time.sleep(rng.uniform(0.0, 0.3))
+        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]  # type: ignore[union-attr]
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    done = subprocess.run([sys.executable, "-c", script, *args], env=env, capture_output=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    return len(targets)
 
 
 def test_search_killed_at_random_moments_ends_bitwise_equal(tmp_path):
     settings = repr({**SEARCH, "steps": 30, "checkpoint_every": 3})
     script = _SEARCH_CHILD.replace("{settings}", settings)
-    _run_with_kills(script, [str(tmp_path / "whole")], 0, 0)
-    landed = _run_with_kills(script, [str(tmp_path / "killed")], 10, 1)
-    assert landed >= 3
+    _run_with_kills(script, [str(tmp_path / "whole")], tmp_path / "whole", 30, 0, 0)
+    assert _run_with_kills(script, [str(tmp_path / "killed")], tmp_path / "killed", 30, 10,
+                           1) == 10
     whole, killed = (RunDir.open(tmp_path / d, RunKind.SEARCH) for d in ("whole", "killed"))
     a, b = whole.load(), killed.load()
     assert a["step"] == b["step"] == 30
@@ -339,9 +350,11 @@ def test_search_killed_at_random_moments_ends_bitwise_equal(tmp_path):
 
 
 def test_training_killed_at_random_moments_ends_bitwise_equal(tmp_path, small_tsv):
-    _run_with_kills(_TRAIN_CHILD, [str(tmp_path / "whole"), str(small_tsv)], 0, 0)
-    landed = _run_with_kills(_TRAIN_CHILD, [str(tmp_path / "killed"), str(small_tsv)], 10, 2)
-    assert landed >= 3
+    args = [str(small_tsv)]
+    _run_with_kills(_TRAIN_CHILD, [str(tmp_path / "whole"), *args], tmp_path / "whole", 40, 0,
+                    0)
+    assert _run_with_kills(_TRAIN_CHILD, [str(tmp_path / "killed"), *args], tmp_path / "killed",
+                           40, 10, 2) == 10
     whole, killed = (RunDir.open(tmp_path / d, RunKind.TRAIN) for d in ("whole", "killed"))
     a, b = whole.load(), killed.load()
     assert a["step"] == b["step"] == 40
