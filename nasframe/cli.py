@@ -79,7 +79,8 @@ def _setup(args: argparse.Namespace) -> None:
         if args.threads < 1:
             raise ConfigError(f"--threads {args.threads}: must be at least 1")
         torch.set_num_threads(args.threads)
-    elif args.command in _HEAVY and "OMP_NUM_THREADS" not in os.environ:
+    elif (args.command in _HEAVY and "OMP_NUM_THREADS" not in os.environ
+          and torch.get_num_threads() > 1):  # one thread already: nothing to advise
         cores = os.cpu_count() or 1
         load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
         if cores > 1 and load > 0.5:
