@@ -53,6 +53,7 @@ from nasframe.runtime import (
     seed_everything,
     set_rng_state,
 )
+from nasframe.sizing import parameter_breakdown
 from nasframe.supernet import build_model, count_parameters
 
 __all__ = ["TrainResult", "Trainer", "train"]
@@ -351,6 +352,7 @@ def train(arch: Architecture | None, out: str | Path, config: TrainConfig | None
              "valid_pairs": len(valid_pairs), "dropped_train": dropped_train,
              "dropped_valid": dropped_valid, "max_len": config.max_len,
              "vocab_size": len(vocab), "parameters": count_parameters(trainer.model),
+             "embedding_parameters": parameter_breakdown(trainer.model)["embedding"],
              "threads": torch.get_num_threads()})
     console.print(f"model: {count_parameters(trainer.model):,} parameters on {trainer.device}")
     result = trainer.run()

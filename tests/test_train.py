@@ -199,3 +199,21 @@ def test_train_command_and_its_errors(tmp_path, small_tsv, capsys):
     assert main(["train", "--arch", "transformer", "--out", str(tmp_path / "d"),
                  "--src", str(small_tsv), "--steps", "1"]) == 2
     assert "--src and --tgt" in capsys.readouterr().err
+
+
+def test_train_sizes_the_model_to_a_parameter_target(tmp_path, small_tsv, capsys):
+    common = ["--data", str(small_tsv), "--steps", "1", "--vocab-size", "200", "--max-tokens",
+              "400", "--no-progress", "--preset", "tiny"]
+    for flags, target in ((["--params", "400k"], 400_000),
+                          (["--match-params", "transformer", "--d-model", "96"], None)):
+        out = tmp_path / flags[1]
+        assert main(["train", "--arch", "transformer",
+                     "--out", str(out), *common, *flags]) == 0
+        data = next(json.loads(line) for line in (out / "metrics.jsonl").open()
+                    if '"data"' in line)
+        if target is not None:
+            assert abs(data["parameters"] - target) <= 0.05 * target
+        assert 0 < data["embedding_parameters"] < data["parameters"]
+    assert "sized to" in capsys.readouterr().err
+    assert main(["train", "--arch", "transformer", "--out", str(tmp_path / "x"), *common,
+                 "--params", "1k"]) == 2

@@ -16,12 +16,13 @@ from nasframe.config import (
     PRESET_HELP,
     TRAIN_PRESETS,
     TrainConfig,
+    apply_overrides,
     default_preset,
     load_config,
     parse_assignment,
 )
 from nasframe.data import DataSpec
-from nasframe.errors import SpaceError
+from nasframe.errors import ConfigError, SpaceError
 from nasframe.rundir import import_recorded_code
 from nasframe.training import train
 
@@ -49,6 +50,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "--average-last, --device and --skip-nonfinite may change")
     p.add_argument("--average-last", type=int, metavar="K",
                    help="also write the average of the last K checkpoints (and use it)")
+    size = p.add_mutually_exclusive_group()
+    size.add_argument("--params", metavar="COUNT",
+                      help="size the model (blocks, and d where needed) to this many "
+                           "parameters within 5%%, e.g. 1.1M")
+    size.add_argument("--match-params", metavar="ARCH",
+                      help="size the model to the parameter count of another architecture "
+                           "(JSON or a space without choices, e.g. transformer) at this config")
     p.add_argument("--d-model", type=int, help="hidden size d")
     p.add_argument("--embed-dim", type=int, help="factorised embedding size E")
     p.add_argument("--blocks", type=int, help="repeats of the architecture's block of layers")
@@ -134,6 +142,28 @@ def train_config(args: argparse.Namespace, console: Console) -> TrainConfig:
     return TrainConfig.preset_config(preset)
 
 
+def sized(arch: nf.Architecture | None, config: TrainConfig, args: argparse.Namespace,
+          console: Console) -> dict[str, object]:
+    """The overrides with ``model`` sized to ``--params`` or ``--match-params``."""
+    from nasframe.sizing import count_for, format_count, match_size, parameter_breakdown
+
+    if arch is None:
+        raise ConfigError("--params/--match-params: give the architecture to size (--arch)")
+    if args.match_params:
+        target = count_for(load_architecture(args.match_params), config.model,
+                           config.vocab_size)
+    else:
+        target = args.params
+    model = match_size(arch, target, config.model, config.vocab_size)
+    parts = parameter_breakdown(nf.build_model(arch, model, config.vocab_size))
+    console.print(f"sized to {format_count(parts['total'])} parameters (target "
+                  f"{format_count(int(target)) if not isinstance(target, str) else target}): "
+                  f"d={model.d_model}, blocks={model.blocks}; embedding "
+                  f"{format_count(parts['embedding'])}, other "
+                  f"{format_count(parts['non_embedding'])}")
+    return {**config.model_dump(), "model": model.model_dump()}
+
+
 def run(args: argparse.Namespace) -> int:
     console = Console(stderr=True)
     data = DataSpec(data=args.data, src=args.src, tgt=args.tgt,
@@ -141,9 +171,11 @@ def run(args: argparse.Namespace) -> int:
                     **({"holdout": args.holdout} if args.holdout else {}))
     arch = load_architecture(args.arch) if args.arch else None
     config = None if args.resume else train_config(args, console)
-    result = train(arch, args.out, config, data, resume=args.resume,
-                   overrides=train_overrides(args), progress=not args.no_progress,
-                   console=console)
+    overrides = train_overrides(args)
+    if (args.params or args.match_params) and not args.resume:
+        overrides = sized(arch, apply_overrides(config, overrides), args, console)
+    result = train(arch, args.out, config, data, resume=args.resume, overrides=overrides,
+                   progress=not args.no_progress, console=console)
     best = "-" if result.best_valid_loss is None else f"{result.best_valid_loss:.4f}"
     console.print(f"trained {result.steps:,} updates in {result.train_seconds / 60:.1f} min; "
                   f"best validation loss {best}; model: {result.checkpoint}", soft_wrap=True)

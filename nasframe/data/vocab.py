@@ -6,9 +6,11 @@ without asking a vocabulary.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
+import sys
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
@@ -162,7 +164,7 @@ def _train_model_bytes(
     spm.set_random_generator_seed(seed)
     model = io.BytesIO()
     try:
-        with open(os.devnull, "w") as log:
+        with _silenced_stderr() as log:
             spm.SentencePieceTrainer.train(
                 sentence_iterator=sentences,
                 model_writer=model,
@@ -182,6 +184,17 @@ def _train_model_bytes(
     except RuntimeError as e:
         raise _training_error(e, vocab_size) from e
     return model.getvalue()
+
+
+def _silenced_stderr() -> contextlib.AbstractContextManager:
+    """Where sentencepiece's trainer may write its log: /dev/null, by redirecting file
+    descriptor 2, which needs a real stderr; in a notebook or under output capture (no
+    ``fileno``) it gets None and logs only at its minimum level."""
+    try:
+        sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):
+        return contextlib.nullcontext(None)
+    return open(os.devnull, "w")
 
 
 def _training_error(error: RuntimeError, vocab_size: int) -> DataError:
