@@ -1,5 +1,5 @@
 """The reversible multi-split backbone (DARTSformer): each F_i pools its inputs and applies an
-op or a choice node (paper.md Eq. 5)."""
+op or a choice node (Zhao et al. 2021 Eq. 5)."""
 from __future__ import annotations
 
 from collections.abc import Callable

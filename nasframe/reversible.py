@@ -1,4 +1,4 @@
-"""Multi-split reversible layers and backpropagation with reconstruction (paper.md §2-3).
+"""Multi-split reversible layers and backpropagation with reconstruction (Zhao et al. 2021 §2-3).
 
 A ``SplitLayer`` splits its input along the last dimension into n parts and computes, for
 i = 1..n (Eq. 3)::

@@ -42,7 +42,8 @@ class ModelConfig(BaseModel):
         "paper's, which a supernet needs (its mixture compares candidates at one scale; DARTS "
         "with branch picks zero); branch: F_i = f(LayerNorm(x)), Y_i = X_i + F_i being the "
         "only residual, which re-trains a fixed model much better (README)")
-    alpha_init_std: float = Field(1e-3, ge=0.0, description="alpha ~ N(0, std) (paper.md §4)")
+    alpha_init_std: float = Field(1e-3, ge=0.0,
+                                  description="alpha ~ N(0, std) (Zhao et al. 2021 §4)")
     pad_id: int = 0
 
     def __init__(self, **data: object) -> None:

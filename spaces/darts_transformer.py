@@ -1,5 +1,6 @@
 """Vanilla DARTS on a standard Transformer: 2 choice nodes per encoder and decoder block
-(paper.md §1, Fig. 1): encoder [choice, choice], decoder [choice, cross_attention, choice]."""
+(Zhao et al. 2021 §1, Fig. 1): encoder [choice, choice], decoder [choice, cross_attention,
+choice]."""
 from __future__ import annotations
 
 from nasframe.space import OpSet, SearchSpace, Sequential, op

@@ -1,10 +1,10 @@
-"""The paper's space (paper.md §4): 2-split encoder, 3-split decoder, L searched layers."""
+"""The paper's space (Zhao et al. 2021 §4): 2-split encoder, 3-split decoder, L searched layers."""
 from __future__ import annotations
 
 from nasframe.space import OpSet, SearchSpace, Stack, op
 from nasframe.spaces import register
 
-# paper.md §4 (ours where the copy lost the list): 11 encoder ops, 12 decoder ops.
+# Zhao et al. 2021 §4 (ours where the copy lost the list): 11 encoder ops, 12 decoder ops.
 ENCODER_OPS = OpSet(["zero", "identity", "ffn", "glu", "self_attention", op("conv", kernel=3),
                      *[op("dynamic_conv", kernel=k) for k in (3, 7, 11, 15, 31)]])
 DECODER_OPS = ENCODER_OPS + ["cross_attention"]

@@ -13,7 +13,7 @@ from pathlib import Path
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("select", help="re-train every checkpoint's architecture briefly and "
-                       "keep the best (paper.md §5)", description=__doc__,
+                       "keep the best (Zhao et al. 2021 §5)", description=__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run", type=Path, help="search run directory (holds arch_step<N>.json)")
     p.add_argument("--train-steps", type=int, required=True, metavar="N",

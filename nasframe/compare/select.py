@@ -1,4 +1,4 @@
-"""The paper's protocol for choosing a search's result (paper.md §5): the architecture
+"""The paper's protocol for choosing a search's result (Zhao et al. 2021 §5): the architecture
 derived at every checkpoint is re-trained briefly and the one with the lowest validation loss
 is kept.
 

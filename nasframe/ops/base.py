@@ -2,7 +2,7 @@
 
 An operation maps ``x`` of shape (batch, time, dim) to a tensor of the same shape. Every op
 except Zero and Identity carries its own layer normalisation, and in a sequential layer its own
-residual connection, because nothing else can sit around it (paper.md, section 4). Where the
+residual connection, because nothing else can sit around it (Zhao et al. 2021, section 4). Where the
 norm sits is the ``norm`` style of ``create_op`` (see ``Residual``).
 """
 from __future__ import annotations
