@@ -2,8 +2,8 @@
 
 They are the only ops without their own residual connection and layer normalisation
 (Zhao et al. 2021, section 4): Zero lets the search drop a split's update altogether,
-Identity lets it pass the pooled input through unchanged. Both act position by position, so they need no
-incremental-decoding state and are valid in causal and non-causal layers alike.
+Identity lets it pass the pooled input through unchanged. Both act position by position, so
+they need no incremental-decoding state and are valid in causal and non-causal layers alike.
 """
 from __future__ import annotations
 
