@@ -38,6 +38,15 @@ def add_common_args(p: argparse.ArgumentParser, threads: bool = True) -> None:
                        help="torch intra-op threads (recorded; default 1 for a shared machine)")
 
 
+def run_main(doc: str | None, add_arguments: Callable[[argparse.ArgumentParser], None],
+             run: Callable[[argparse.Namespace], Any], argv: list[str] | None = None) -> None:
+    """``python -m benchmarks.NAME``: the benchmark's own arguments and the common ones."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawTextHelpFormatter)
+    add_arguments(p)
+    add_common_args(p)
+    run(p.parse_args(argv))
+
+
 def add_space_args(p: argparse.ArgumentParser, default: str | None) -> None:
     p.add_argument("--space", default=default, metavar="SPACE",
                    help="a built-in space name, a space JSON file or module:attribute"

@@ -155,10 +155,7 @@ def run(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    add_arguments(p)
-    _report.add_common_args(p)
-    run(p.parse_args(argv))
+    _report.run_main(__doc__, add_arguments, run, argv)
 
 
 if __name__ == "__main__":
