@@ -131,6 +131,9 @@ class SearchConfig(_Section):
     dtype: Literal["float32", "float64"] = "float32"
     precision: Literal["fp32", "bf16"] = Field("fp32", description="fp32, or bf16 autocast "
                                                "of the ops (the reversible stream stays fp32)")
+    memory_limit: str | None = Field(None, description="activation memory the reversible "
+                                     "layers may keep (e.g. 500MB): sets model.keep_layers to "
+                                     "the largest K that fits, measured at the start")
     model: ModelConfig = Field(default_factory=lambda: ModelConfig(d_model=960, embed_dim=256))
     data: DataConfig = Field(default_factory=DataConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)

@@ -6,6 +6,7 @@ the supernet under a fixed seed and hands everything to the :class:`~nasframe.ex
 """
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,7 @@ import torch
 
 from nasframe import spaces
 from nasframe.architecture import Architecture
+from nasframe.budget import keep_layers_for
 from nasframe.config import SearchConfig, apply_overrides, load_config
 from nasframe.data import (
     Batch,
@@ -225,12 +227,29 @@ def search(space: SearchSpace | str | None = None,
         run = _create_run(out, cfg, space_obj, strat, search_data, world)
     seed_everything(cfg.seed)
     net = build_supernet(space_obj, cfg, search_data.vocab_size, device)
+    if cfg.memory_limit is not None and not resume:
+        cfg = _fit_keep_layers(net, cfg, search_data)
     if world.world_size > 1:  # same weights everywhere (broadcast), different dropout
         torch.manual_seed(cfg.seed + world.rank)
     executor = Executor(net, strat, search_data.train, search_data.valid, cfg, run,
                         valid_scoring=search_data.scoring, device=device, world=world,
                         progress=progress)
     return executor.run(resume=resume)
+
+
+def _fit_keep_layers(net: Supernet, cfg: SearchConfig, data: SearchData) -> SearchConfig:
+    """``model.keep_layers`` for ``memory_limit``, measured on the largest scoring batch in
+    the supernet's weighted mode (the most a step keeps); the stacks take it at once."""
+    batches = data.scoring or [next(iter(data.valid))]
+    batch = max(batches, key=lambda b: b.src.numel() + b.tgt_in.numel())
+    device = next(net.parameters()).device
+    k, spent = keep_layers_for(net, batch.to(device), cfg.memory_limit or 0)
+    for stack in (net.encoder, net.decoder):
+        if hasattr(stack, "keep_last"):
+            stack.keep_last = k
+    print(f"memory limit {cfg.memory_limit}: the top {k} layer(s) of each reversible stack keep "
+          f"their activations ({spent / 2**20:.1f} MiB on the largest batch)", file=sys.stderr)
+    return apply_overrides(cfg, {"model.keep_layers": k})
 
 
 def _fresh(space: Any, strategy: Any, data: Any, config: Any, steps: int | None,

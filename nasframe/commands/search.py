@@ -35,7 +35,7 @@ _FLAG_KEYS = {
     "vocab_size": "data.vocab_size",
     "max_tokens": "data.max_tokens", "d_model": "model.d_model", "embed_dim": "model.embed_dim",
     "blocks": "model.blocks", "dropout": "model.dropout", "memory_saving": "model.memory_saving",
-    "keep_layers": "model.keep_layers",
+    "keep_layers": "model.keep_layers", "memory_limit": "memory_limit",
     "lr": "optim.lr", "warmup": "optim.warmup", "alpha_lr": "optim.alpha_lr",
     "alpha_warmup": "optim.alpha_warmup", "clip_norm": "optim.clip_norm",
     "second_order": "optim.second_order", "population": "evolution.population",
@@ -144,6 +144,9 @@ def _register_search(subparsers: argparse._SubParsersAction) -> None:
     model.add_argument("--keep-layers", type=int, default=None, metavar="K",
                        help="the top K reversible layers of each stack keep their activations "
                             "(faster, more memory); the rest reconstruct")
+    model.add_argument("--memory-limit", default=None, metavar="SIZE",
+                       help="instead of --keep-layers: the largest K whose kept activations "
+                            "fit SIZE (e.g. 500MB), measured on a batch at the start")
     optim = p.add_argument_group("optimisation")
     optim.add_argument("--lr", type=float, default=None, help="peak lr of the weights")
     optim.add_argument("--warmup", type=int, default=None, help="inverse-sqrt warmup updates")
