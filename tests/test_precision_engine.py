@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from test_reversible import spy_reconstruction
 from torch import nn
 
 import nasframe as nf
@@ -31,21 +32,6 @@ def run(s: ReversibleStack, x: torch.Tensor, memory: torch.Tensor, saving: bool,
         y = s(x, memory=memory)
     loss = y.float().square().mean()  # outside autocast, as a training loop computes it
     return y, list(torch.autograd.grad(loss, [x, memory, *s.parameters()]))
-
-
-def spy_reconstruction(s: ReversibleStack) -> dict[str, torch.Tensor]:
-    """Capture what backward reconstructs as the bottom layer's input."""
-    captured: dict[str, torch.Tensor] = {}
-    layer0 = s.layers[0]
-    original = layer0.backward_step
-
-    def spy(*args, **kwargs):
-        out = original(*args, **kwargs)
-        captured["x"] = out[0]
-        return out
-
-    layer0.backward_step = spy
-    return captured
 
 
 @pytest.mark.parametrize("keep", [0, 1])

@@ -172,13 +172,10 @@ def test_inverse_recovers_input_float64_and_float32_drift_is_small():
     assert all(v < 1e-3 for v in drift.values())
 
 
-def test_dropout_masks_replay_exactly_in_reconstruction():
-    """With dropout on, the reconstructed input equals the true input only if masks replay."""
-    torch.manual_seed(0)
-    stack = split_stack(2, 3, 16, dropout=0.5, causal=False).double().train()
-    x = torch.randn(2, 4, 16, dtype=torch.float64, requires_grad=True)
-    captured = {}
-    layer0 = stack.layers[0]
+def spy_reconstruction(s: ReversibleStack) -> dict[str, torch.Tensor]:
+    """Capture what backward reconstructs as the bottom layer's input (key ``"x"``)."""
+    captured: dict[str, torch.Tensor] = {}
+    layer0 = s.layers[0]
     original = layer0.backward_step
 
     def spy(*args, **kwargs):
@@ -187,6 +184,15 @@ def test_dropout_masks_replay_exactly_in_reconstruction():
         return out
 
     layer0.backward_step = spy
+    return captured
+
+
+def test_dropout_masks_replay_exactly_in_reconstruction():
+    """With dropout on, the reconstructed input equals the true input only if masks replay."""
+    torch.manual_seed(0)
+    stack = split_stack(2, 3, 16, dropout=0.5, causal=False).double().train()
+    x = torch.randn(2, 4, 16, dtype=torch.float64, requires_grad=True)
+    captured = spy_reconstruction(stack)
     memory = torch.randn(2, 3, 16, dtype=torch.float64)
     rng_before = torch.get_rng_state()
     stack(x, memory=memory).sum().backward()
