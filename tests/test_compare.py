@@ -198,3 +198,22 @@ def test_an_interrupted_search_resumes_from_its_checkpoint(tmp_path, corpus_dir,
     assert record["search_resumed"] is True and record["search_updates"] == 4
     lines = (out / "dartsformer" / "seed1" / "search" / "metrics.jsonl").read_text().splitlines()
     assert json.loads(lines[-1])["step"] == 4
+
+
+def test_jobs_run_cells_in_processes_with_the_same_results(quick_run, tmp_path, corpus_dir,
+                                                           monkeypatch):
+    """--jobs 2: each cell in its own process gives the records of the sequential run."""
+    monkeypatch.setenv("NASFRAME_CACHE", str(quick_run.out.parent.parent / "cache"))
+    result = compare(spec(corpus_dir, seeds=1), tmp_path / "jobs", quick=True, progress=False,
+                     jobs=2)
+    sequential = {r["name"]: r for r in quick_run.records if r["seed"] == 1}
+    assert [r["name"] for r in result.records] == ["transformer", "dartsformer", "random"]
+    for r in result.records:
+        s = sequential[r["name"]]
+        for key in ("params", "valid_loss", "bleu", "chrf", "choices", "search_updates"):
+            assert r[key] == s[key], (r["name"], key)
+        assert (Path(r["run_dir"]) / "console.log").stat().st_size > 0
+    data = json.loads((tmp_path / "jobs" / "compare.json").read_text())
+    assert data["jobs"] == 2 and data["threads"] == 1
+    with pytest.raises(ConfigError, match="--jobs 0"):
+        compare(spec(corpus_dir), tmp_path / "zero", quick=True, progress=False, jobs=0)

@@ -9,6 +9,7 @@ OUT/compare.png (bars with error bars; needs matplotlib).
   nasframe compare --strategies darts-reversible,darts,spos,random --baselines transformer \\
       --seeds 3 --out runs/cmp
   nasframe compare --config benchmarks/table1.toml --out runs/t1
+  nasframe compare --config benchmarks/table1.toml --seeds 3 --jobs 2 --out runs/t1
   nasframe compare --config benchmarks/table1.toml --out runs/t1 --resume   # after a kill
 """
 from __future__ import annotations
@@ -58,6 +59,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "updates, tiny models, 8 test sentences (a smoke test)")
     p.add_argument("--resume", action="store_true", help="finish an interrupted comparison "
                    "in --out: finished cells are skipped, the interrupted one continues")
+    p.add_argument("--jobs", type=int, default=1, metavar="N",
+                   help="run N cells at once, each in its own process with the torch threads "
+                   "(--threads, default all cores) shared out; results do not depend on it")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
 
@@ -78,7 +82,8 @@ def run(args: argparse.Namespace) -> int:
     console = Console(stderr=True)
     if args.config is not None:
         result = compare(args.config, args.out, resume=args.resume, quick=args.quick,
-                         progress=not args.no_progress, console=console, **settings)
+                         progress=not args.no_progress, console=console, jobs=args.jobs,
+                         **settings)
     else:
         options = dict(parse_assignment(o) for o in args.space_option)
         from nasframe.compare.spec import spec_from_names
@@ -86,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
         spec = spec_from_names(args.strategies, args.baselines, args.space, options,
                                **settings)
         result = compare(spec, args.out, resume=args.resume, quick=args.quick,
-                         progress=not args.no_progress, console=console)
+                         progress=not args.no_progress, console=console, jobs=args.jobs)
     print(result.files["md"].read_text(encoding="utf-8"))
     if result.png_skipped:
         console.print(f"compare.png not written: {result.png_skipped}")

@@ -41,6 +41,7 @@ from nasframe.compare._deps import (
     load_data,
 )
 from nasframe.compare.cells import Shared, run_cell
+from nasframe.compare.parallel import run_parallel, worker_threads
 from nasframe.compare.report import markdown, summarise
 from nasframe.compare.spec import (
     QUICK_MODEL,
@@ -71,14 +72,18 @@ class CompareResult:
 def compare(spec: CompareSpec | str | Path | None = None, out: str | Path = "runs/compare", *,
             strategies: list[str] | None = None, baselines: list[str] | None = None,
             resume: bool = False, quick: bool = False, progress: bool = True,
-            console: Console | None = None, **settings: Any) -> CompareResult:
+            console: Console | None = None, jobs: int = 1, job_threads: int | None = None,
+            **settings: Any) -> CompareResult:
     """Run a comparison and write its three files into ``out``.
 
     ``spec``: a ``CompareSpec`` or a TOML file; or None with ``strategies`` / ``baselines``
     (names). ``settings`` override the spec's shared settings (``seeds=3``,
     ``params="1.1M"``, ``train_steps=...``). ``resume`` finishes an interrupted comparison in
-    ``out``; ``quick`` runs every row in miniature.
+    ``out``; ``quick`` runs every row in miniature. ``jobs`` runs that many cells at once,
+    each in its own process with ``job_threads`` torch threads (default: this process's
+    threads shared out); the results do not depend on it.
     """
+    threads = worker_threads(jobs, job_threads) if jobs != 1 else torch.get_num_threads()
     if isinstance(spec, CompareSpec):
         given = {k: v for k, v in settings.items() if v is not None}
         spec = spec.model_copy(update={"settings": spec.settings.model_copy(update=given)})
@@ -104,18 +109,33 @@ def compare(spec: CompareSpec | str | Path | None = None, out: str | Path = "run
     console.print(f"compare: {len(spec.rows)} rows x {s.seeds} seed(s) = {len(cells)} cells; "
                   f"{target:,} parameters each ({source}); {torch.get_num_threads()} thread(s); "
                   f"{out}")
+    if jobs > 1:
+        console.print(f"compare: {jobs} cells at a time, {threads} thread(s) each; each cell's "
+                      "log is <row>/seed<k>/console.log")
     records: list[dict[str, Any]] = []
     started = time.perf_counter()
+
+    def write(record: dict[str, Any]) -> None:
+        records.append(record)
+        records.sort(key=lambda r: order.index((r["name"], r["seed"])))
+        _write_tables(out, spec, records, target, reference, time.perf_counter() - started,
+                      jobs, threads)
+
+    order = [(row.name, seed) for row, seed in cells]
     with _CellBar(console, len(cells), progress) as bar:
-        for i, (row, seed) in enumerate(cells, 1):
-            label = f"{row.name} · seed {seed}"
-            bar.start(i, label)
-            record = run_cell(shared, row, seed, on_phase=lambda p, lb=label: bar.phase(lb, p))
-            records.append(record)
-            bar.done(i, record)
-            _write_tables(out, spec, records, target, reference, time.perf_counter() - started)
+        if jobs > 1:
+            for record in run_parallel(shared, spec, cells, jobs, threads, bar.start, bar.done):
+                write(record)
+        else:
+            for i, (row, seed) in enumerate(cells, 1):
+                label = f"{row.name} · seed {seed}"
+                bar.start(i, label)
+                record = run_cell(shared, row, seed,
+                                  on_phase=lambda p, lb=label: bar.phase(lb, p))
+                bar.done(i, record)
+                write(record)
     result = _write_tables(out, spec, records, target, reference,
-                           time.perf_counter() - started)
+                           time.perf_counter() - started, jobs, threads)
     result.png_skipped = _try_png(result)
     return result
 
@@ -163,12 +183,14 @@ def _claim(out: Path, spec: CompareSpec, resume: bool) -> None:
 
 
 def _write_tables(out: Path, spec: CompareSpec, records: list[dict[str, Any]], target: int,
-                  reference: str | None, seconds: float) -> CompareResult:
+                  reference: str | None, seconds: float, jobs: int = 1,
+                  threads: int | None = None) -> CompareResult:
     order = [r.name for r in spec.rows]
     summary = summarise(records, order)
     s = spec.settings
     meta = {"settings": s.model_dump(mode="json"), "params_target": target,
-            "params_matched_to": reference, "threads": torch.get_num_threads(),
+            "params_matched_to": reference,
+            "threads": threads if threads is not None else torch.get_num_threads(), "jobs": jobs,
             "cpus": os.cpu_count(), "device": _device_name(s.device),
             "search_peak_note": "search_peak_bytes: CUDA max_memory_allocated above the start "
             "on GPU; on CPU the peak resident set (VmHWM) above the resident set at the start "
@@ -181,7 +203,9 @@ def _write_tables(out: Path, spec: CompareSpec, records: list[dict[str, Any]], t
               f"{_budget(s.train_steps, s.train_minutes)}; search "
               f"{_budget(s.search_steps, s.search_minutes)} ({s.search_preset}); BLEU/chrF on "
               f"{s.test_sentences or 'all'} test sentences, beam {s.beam}; "
-              f"{meta['threads']} thread(s), {meta['device']}. Mean ± sample std over n seeds."
+              f"{meta['threads']} thread(s)"
+              f"{f' per cell, {jobs} cells at a time' if jobs > 1 else ''}, {meta['device']}. "
+              "Mean ± sample std over n seeds."
               + (" --quick: a smoke test; sizes as near the target as miniature models allow "
                  "(params_off in compare.json)." if s.quick else ""))
     atomic_write_text(markdown(summary, header), out / MD)
@@ -234,6 +258,7 @@ class _CellBar:
                                  console=console, disable=not live)
         self.task = self.progress.add_task("", total=total)
         self.started = time.perf_counter()
+        self.finished = 0
 
     def __enter__(self) -> _CellBar:
         self.progress.start()
@@ -250,11 +275,13 @@ class _CellBar:
         self.progress.update(self.task, description=f"{label}: {phase}")
 
     def done(self, i: int, r: dict[str, Any]) -> None:
-        self.progress.update(self.task, completed=i)
+        self.finished += 1  # cells may finish out of order (--jobs)
+        n = self.finished
+        self.progress.update(self.task, completed=n)
         elapsed = time.perf_counter() - self.started
         valid = "-" if r["valid_loss"] is None else f"{r['valid_loss']:.3f}"
         self.console.print(
-            f"[{i}/{self.total}] {r['name']} seed {r['seed']}: {r['params'] / 1e6:.3f}M params, "
+            f"[{n}/{self.total}] {r['name']} seed {r['seed']}: {r['params'] / 1e6:.3f}M params, "
             f"valid loss {valid}, BLEU {r['bleu']:.2f}, chrF {r['chrf']:.2f}; cell "
             f"{r['cell_seconds']:.0f} s, all {elapsed / 60:.1f} min, about "
-            f"{elapsed / i * (self.total - i) / 60:.1f} min left")
+            f"{elapsed / n * (self.total - n) / 60:.1f} min left")
