@@ -217,3 +217,21 @@ def test_jobs_run_cells_in_processes_with_the_same_results(quick_run, tmp_path, 
     assert data["jobs"] == 2 and data["threads"] == 1
     with pytest.raises(ConfigError, match="--jobs 0"):
         compare(spec(corpus_dir), tmp_path / "zero", quick=True, progress=False, jobs=0)
+
+
+def test_contrasts_pair_by_seed_against_the_baseline_and_random(quick_run):
+    from nasframe.compare.report import contrasts
+
+    recs = [{"name": n, "strategy": st, "seed": s, "bleu": b} for n, st, s, b in [
+        ("T", "fixed", 1, 10.0), ("T", "fixed", 2, 12.0), ("D", "darts", 1, 9.0),
+        ("D", "darts", 2, 13.0), ("R", "random", 1, 8.0), ("R", "random", 2, 12.5),
+        ("D", "darts", 3, 1.0)]]  # seed 3 has no reference: left out of the pairs
+    (vs_t, vs_r) = contrasts(recs, ["T", "D", "R"])
+    assert (vs_t["reference"], vs_t["seeds"], vs_t["diff"]["mean"]) == ("T", [1, 2], 0.0)
+    assert vs_t["diff"]["std"] == pytest.approx(2 ** 0.5) and not vs_t["above_in_every_seed"]
+    assert (vs_r["reference"], vs_r["diff"]["mean"]) == ("random", pytest.approx(0.75))
+    assert vs_r["above_in_every_seed"]
+    data = json.loads((quick_run.out / "compare.json").read_text())
+    assert {(c["row"], c["reference"]) for c in data["contrasts"]} == {
+        ("dartsformer", "transformer"), ("dartsformer", "random")}
+    assert "| dartsformer | random | 2 |" in (quick_run.out / "compare.md").read_text()

@@ -10,7 +10,8 @@ from typing import Any
 from nasframe.architecture import Architecture
 from nasframe.space import Stack
 
-__all__ = ["describe_architecture", "summarise", "markdown", "mean_std"]
+__all__ = ["contrasts", "contrasts_markdown", "describe_architecture", "summarise", "markdown",
+           "mean_std"]
 
 #: Columns averaged over seeds, in table order: (record key, header, format).
 COLUMNS: list[tuple[str, str, str]] = [
@@ -110,4 +111,58 @@ def markdown(summary: Sequence[dict[str, Any]], header: str = "") -> str:
         fixed = e["strategy"] == "fixed"
         cells = [_cell(e.get(key), key, fmt, fixed) for key, _, fmt in cols]
         lines.append(f"| {e['name']} | {e['strategy']} | {e['n']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+# ----------------------------------------------------------------------------- contrasts
+
+def contrasts(records: Sequence[dict[str, Any]], order: Sequence[str],
+              metric: str = "bleu") -> list[dict[str, Any]]:
+    """Every row against the references a reader asks about: the first fixed row (the
+    baseline the sizes are matched to) and the mean of the ``random`` rows.
+
+    Differences are paired by seed (the same seed means the same data order and budgets), so
+    ``diff`` is the mean and sample std of row - reference over the seeds both have; for the
+    random reference, the per-seed mean of every random row.
+    """
+    by = {name: {r["seed"]: r for r in records if r["name"] == name} for name in order}
+    strategy = {r["name"]: r["strategy"] for r in records}
+    fixed = next((n for n in order if strategy.get(n) == "fixed" and by[n]), None)
+    randoms = [n for n in order if strategy.get(n) == "random" and by[n]]
+    references: list[tuple[str, dict[int, float]]] = []
+    if fixed is not None:
+        references.append((fixed, {s: r[metric] for s, r in by[fixed].items()}))
+    if randoms:
+        seeds = set.intersection(*(set(by[n]) for n in randoms))
+        label = "random" if len(randoms) == 1 else "mean of random rows"
+        references.append((label, {s: statistics.fmean(by[n][s][metric] for n in randoms)
+                                   for s in sorted(seeds)}))
+    out = []
+    for name in order:
+        if strategy.get(name) in (None, "random") or name == fixed:
+            continue
+        for ref, values in references:
+            seeds = sorted(set(by[name]) & set(values))
+            if not seeds:
+                continue
+            diffs = [by[name][s][metric] - values[s] for s in seeds]
+            mean, std = mean_std(diffs)
+            out.append({"row": name, "reference": ref, "metric": metric, "seeds": seeds,
+                        "diff": {"mean": mean, "std": std, "n": len(seeds)},
+                        "above_in_every_seed": all(d > 0 for d in diffs)})
+    return out
+
+
+def contrasts_markdown(items: Sequence[dict[str, Any]]) -> str:
+    """The contrasts as a short table (empty when there is nothing to contrast)."""
+    if not items:
+        return ""
+    lines = ["", f"{items[0]['metric'].upper()} difference, row - reference, paired by seed "
+             "(mean ± sample std over n seeds):", "",
+             "| row | reference | n | difference | above in every seed |", "|---|---|---|---|---|"]
+    for c in items:
+        d = c["diff"]
+        text = f"{d['mean']:+.2f}" + (f" ± {d['std']:.2f}" if d["std"] is not None else "")
+        lines.append(f"| {c['row']} | {c['reference']} | {d['n']} | {text} | "
+                     f"{'yes' if c['above_in_every_seed'] else 'no'} |")
     return "\n".join(lines) + "\n"

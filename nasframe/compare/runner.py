@@ -42,7 +42,7 @@ from nasframe.compare._deps import (
 )
 from nasframe.compare.cells import Shared, run_cell
 from nasframe.compare.parallel import run_parallel, worker_threads
-from nasframe.compare.report import markdown, summarise
+from nasframe.compare.report import contrasts, contrasts_markdown, markdown, summarise
 from nasframe.compare.spec import (
     QUICK_MODEL,
     CompareSpec,
@@ -187,6 +187,7 @@ def _write_tables(out: Path, spec: CompareSpec, records: list[dict[str, Any]], t
                   threads: int | None = None) -> CompareResult:
     order = [r.name for r in spec.rows]
     summary = summarise(records, order)
+    paired = contrasts(records, order)
     s = spec.settings
     meta = {"settings": s.model_dump(mode="json"), "params_target": target,
             "params_matched_to": reference,
@@ -195,7 +196,8 @@ def _write_tables(out: Path, spec: CompareSpec, records: list[dict[str, Any]], t
             "search_peak_note": "search_peak_bytes: CUDA max_memory_allocated above the start "
             "on GPU; on CPU the peak resident set (VmHWM) above the resident set at the start "
             "(see search_peak_kind)", "seconds": round(seconds, 1)}
-    atomic_write_text(json.dumps({**meta, "rows": records, "summary": summary}, indent=2) + "\n",
+    atomic_write_text(json.dumps({**meta, "rows": records, "summary": summary,
+                                  "contrasts": paired}, indent=2) + "\n",
                       out / JSON)
     header = (f"Compare: {len(order)} rows, seeds {s.seed_list()}, {s.data}; every model "
               f"re-trained at {target / 1e6:.3f}M parameters"
@@ -208,7 +210,7 @@ def _write_tables(out: Path, spec: CompareSpec, records: list[dict[str, Any]], t
               "Mean ± sample std over n seeds."
               + (" --quick: a smoke test; sizes as near the target as miniature models allow "
                  "(params_off in compare.json)." if s.quick else ""))
-    atomic_write_text(markdown(summary, header), out / MD)
+    atomic_write_text(markdown(summary, header) + contrasts_markdown(paired), out / MD)
     return CompareResult(out, records, summary, {"json": out / JSON, "md": out / MD})
 
 
