@@ -235,3 +235,16 @@ def test_contrasts_pair_by_seed_against_the_baseline_and_random(quick_run):
     assert {(c["row"], c["reference"]) for c in data["contrasts"]} == {
         ("dartsformer", "transformer"), ("dartsformer", "random")}
     assert "| dartsformer | random | 2 |" in (quick_run.out / "compare.md").read_text()
+
+
+@pytest.mark.parametrize("name,d,params", [("handpicked.json", 240, 1_151_440),
+                                           ("handpicked_dec2.json", 224, 1_149_392)])
+def test_committed_handpicked_architectures_have_the_reported_sizes(name, d, params):
+    """README, 'why the reversible family lost': these sizes sit beside the Transformer's."""
+    from nasframe.architecture import Architecture
+    from nasframe.config import TrainConfig
+    from nasframe.supernet import build_model, count_parameters
+
+    arch = Architecture.load(Path(__file__).parents[1] / "benchmarks" / "archs" / name)
+    model = TrainConfig.preset_config("tiny").model.model_copy(update={"d_model": d})
+    assert count_parameters(build_model(arch, model, 4000)) == params
