@@ -99,6 +99,8 @@ def test_resume_skips_finished_cells_and_continues_the_interrupted_one(tmp_path,
     with pytest.raises(KeyboardInterrupt):
         compare(spec(corpus_dir, rows), out, quick=True, progress=False)
     first = json.loads((out / "transformer" / "seed1" / "result.json").read_text())
+    first_session = json.loads((out / "compare.json").read_text())["seconds_total"]
+    assert first_session > 0
     assert not (out / "dartsformer" / "seed1" / "result.json").exists()
     assert (out / "dartsformer" / "seed1" / "search.json").is_file()
     assert calls == {"search": 1, "train": 2}
@@ -112,7 +114,10 @@ def test_resume_skips_finished_cells_and_continues_the_interrupted_one(tmp_path,
     assert result.records[0] == first
     resumed = result.records[1]
     assert resumed["train_resumed"] is True and resumed["train_updates"] == 4
-    assert json.loads((out / "compare.json").read_text())["rows"][1]["name"] == "dartsformer"
+    data = json.loads((out / "compare.json").read_text())
+    assert data["rows"][1]["name"] == "dartsformer"
+    # the wall time of both sessions, not only the resumed one
+    assert data["seconds_total"] == pytest.approx(first_session + data["seconds"], abs=0.11)
 
 
 def _toml(tmp_path: Path, text: str) -> Path:

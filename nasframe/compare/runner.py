@@ -96,6 +96,7 @@ def compare(spec: CompareSpec | str | Path | None = None, out: str | Path = "run
     out = Path(out)
     console = console or Console(stderr=True)
     _claim(out, spec, resume)
+    before = _seconds_so_far(out) if resume else 0.0
     s = spec.settings
     train_corpus, valid_corpus = load_data(DataSpec(data=s.data))
     with console.status("joint sentencepiece vocabulary (trained once, then cached)"):
@@ -119,7 +120,7 @@ def compare(spec: CompareSpec | str | Path | None = None, out: str | Path = "run
         records.append(record)
         records.sort(key=lambda r: order.index((r["name"], r["seed"])))
         _write_tables(out, spec, records, target, reference, time.perf_counter() - started,
-                      jobs, threads)
+                      jobs, threads, before)
 
     order = [(row.name, seed) for row, seed in cells]
     with _CellBar(console, len(cells), progress) as bar:
@@ -135,7 +136,7 @@ def compare(spec: CompareSpec | str | Path | None = None, out: str | Path = "run
                 bar.done(i, record)
                 write(record)
     result = _write_tables(out, spec, records, target, reference,
-                           time.perf_counter() - started, jobs, threads)
+                           time.perf_counter() - started, jobs, threads, before)
     result.png_skipped = _try_png(result)
     return result
 
@@ -184,7 +185,7 @@ def _claim(out: Path, spec: CompareSpec, resume: bool) -> None:
 
 def _write_tables(out: Path, spec: CompareSpec, records: list[dict[str, Any]], target: int,
                   reference: str | None, seconds: float, jobs: int = 1,
-                  threads: int | None = None) -> CompareResult:
+                  threads: int | None = None, before: float = 0.0) -> CompareResult:
     order = [r.name for r in spec.rows]
     summary = summarise(records, order)
     paired = contrasts(records, order)
@@ -195,7 +196,10 @@ def _write_tables(out: Path, spec: CompareSpec, records: list[dict[str, Any]], t
             "cpus": os.cpu_count(), "device": _device_name(s.device),
             "search_peak_note": "search_peak_bytes: CUDA max_memory_allocated above the start "
             "on GPU; on CPU the peak resident set (VmHWM) above the resident set at the start "
-            "(see search_peak_kind)", "seconds": round(seconds, 1)}
+            "(see search_peak_kind)", "seconds": round(seconds, 1),
+            "seconds_total": round(before + seconds, 1),
+            "seconds_note": "seconds: this session; seconds_total: every session of this "
+            "comparison (an interrupted one counted to its last finished cell)"}
     atomic_write_text(json.dumps({**meta, "rows": records, "summary": summary,
                                   "contrasts": paired}, indent=2) + "\n",
                       out / JSON)
@@ -212,6 +216,15 @@ def _write_tables(out: Path, spec: CompareSpec, records: list[dict[str, Any]], t
                  "(params_off in compare.json)." if s.quick else ""))
     atomic_write_text(markdown(summary, header) + contrasts_markdown(paired), out / MD)
     return CompareResult(out, records, summary, {"json": out / JSON, "md": out / MD})
+
+
+def _seconds_so_far(out: Path) -> float:
+    """Wall time of the earlier sessions of a resumed comparison (0 if none was recorded)."""
+    try:
+        data = json.loads((out / JSON).read_text(encoding="utf-8"))
+        return float(data.get("seconds_total", data.get("seconds", 0.0)))
+    except (OSError, ValueError, TypeError, AttributeError):
+        return 0.0
 
 
 def _budget(steps: int | None, minutes: float | None) -> str:
