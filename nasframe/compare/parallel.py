@@ -9,6 +9,9 @@ threads divided among the jobs) and writes its console to ``<cell>/console.log``
 
 A failed cell stops the comparison: cells not yet started are cancelled, the running ones
 finish (their results are kept) and the error is raised; ``--resume`` carries on.
+
+Workers are started with ``spawn``, which imports the caller's main module again: a script
+that calls ``compare(..., jobs=N)`` must do so under ``if __name__ == "__main__":``.
 """
 from __future__ import annotations
 
@@ -68,9 +71,10 @@ def run_parallel(shared: Shared, spec: CompareSpec, cells: list[tuple[Row, int]]
                     record = future.result()  # a cell's error stops the comparison here
                     on_done(i, record)
                     yield record
-        except BaseException:
-            for future in running:
-                future.cancel()
+        except BaseException as err:
+            if running and not isinstance(err, (KeyboardInterrupt, GeneratorExit)):
+                shared.console.print(f"a cell failed; waiting for {len(running)} running "
+                                     "cell(s) to finish (kept for --resume)")
             pool.shutdown(wait=True, cancel_futures=True)
             raise
 
