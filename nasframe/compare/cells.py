@@ -33,8 +33,11 @@ from nasframe.compare._deps import (
     TrainConfig,
     Vocab,
     apply_overrides,
+    cache_dir,
     evaluate_run,
+    get_or_train_vocab,
     has_checkpoint,
+    load_data,
     match_size,
     parameter_breakdown,
     prepare_data,
@@ -47,7 +50,7 @@ from nasframe.errors import ConfigError, NasframeError
 from nasframe.runtime import atomic_write_text, resolve_device
 from nasframe.supernet import ModelConfig, build_model
 
-__all__ = ["Shared", "PeakMemory", "run_cell", "cell_dir", "alpha_entropy_of"]
+__all__ = ["Shared", "PeakMemory", "run_cell", "cell_dir", "alpha_entropy_of", "load_inputs"]
 
 #: How far from the target a --quick model may be when params_tolerance cannot be met.
 QUICK_TOLERANCES = (0.25, math.inf)
@@ -74,6 +77,13 @@ class Shared:
         """Search-train / search-valid batches of the training split, with the shared
         vocabulary: the one data path of every search (``nasframe.search.prepare_data``)."""
         return prepare_data(cfg, vocab=self.vocab, corpus=self.corpora[0])
+
+
+def load_inputs(settings: CompareSettings) -> tuple[tuple[ParallelCorpus, ParallelCorpus], Vocab]:
+    """The corpora (train, valid) and the joint vocabulary every cell of a comparison shares
+    (the vocabulary is trained once, then read from the cache)."""
+    corpora = load_data(DataSpec(data=settings.data))
+    return corpora, get_or_train_vocab(corpora[0], cache_dir(), settings.vocab_size)
 
 
 def cell_dir(out: Path, row: Row, seed: int) -> Path:

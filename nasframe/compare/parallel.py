@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from rich.console import Console
 
-from nasframe.compare.cells import Shared, cell_dir, run_cell
+from nasframe.compare.cells import Shared, cell_dir, load_inputs, run_cell
 from nasframe.compare.spec import CompareSpec, Row
 from nasframe.errors import ConfigError
 from nasframe.supernet import ModelConfig
@@ -81,7 +81,6 @@ def run_parallel(shared: Shared, spec: CompareSpec, cells: list[tuple[Row, int]]
 
 def _cell(job: dict[str, Any], row_index: int, seed: int) -> dict[str, Any]:
     """One cell in a fresh process (the worker's entry point)."""
-    from nasframe.compare._deps import DataSpec, cache_dir, get_or_train_vocab, load_data
     from nasframe.plugins import import_user_code
 
     torch.set_num_threads(job["threads"])
@@ -89,8 +88,7 @@ def _cell(job: dict[str, Any], row_index: int, seed: int) -> dict[str, Any]:
         import_user_code(record.get("file") or record["module"])
     spec = CompareSpec.model_validate_json(job["spec_json"])
     s = spec.settings
-    corpora = load_data(DataSpec(data=s.data))
-    vocab = get_or_train_vocab(corpora[0], cache_dir(), s.vocab_size)
+    corpora, vocab = load_inputs(s)
     out, row = Path(job["out"]), spec.rows[row_index]
     folder = cell_dir(out, row, seed)
     folder.mkdir(parents=True, exist_ok=True)

@@ -34,13 +34,9 @@ from rich.progress import (
 
 from nasframe.architecture import Architecture
 from nasframe.compare._deps import (
-    DataSpec,
     TrainConfig,
-    cache_dir,
-    get_or_train_vocab,
-    load_data,
 )
-from nasframe.compare.cells import Shared, run_cell
+from nasframe.compare.cells import Shared, load_inputs, run_cell
 from nasframe.compare.parallel import run_parallel, worker_threads
 from nasframe.compare.report import contrasts, contrasts_markdown, markdown, summarise
 from nasframe.compare.spec import (
@@ -98,12 +94,11 @@ def compare(spec: CompareSpec | str | Path | None = None, out: str | Path = "run
     _claim(out, spec, resume)
     before = _seconds_so_far(out) if resume else 0.0
     s = spec.settings
-    train_corpus, valid_corpus = load_data(DataSpec(data=s.data))
-    with console.status("joint sentencepiece vocabulary (trained once, then cached)"):
-        vocab = get_or_train_vocab(train_corpus, cache_dir(), s.vocab_size)
+    with console.status("corpus and joint sentencepiece vocabulary (trained once, cached)"):
+        corpora, vocab = load_inputs(s)
     base = base_model(spec)
     target, reference = target_parameters(spec, base, len(vocab))
-    shared = Shared(s, out, (train_corpus, valid_corpus), vocab, base, target, reference,
+    shared = Shared(s, out, corpora, vocab, base, target, reference,
                     console, progress, resume)
     cells = [(row, seed) for seed in s.seed_list() for row in spec.rows]
     source = f"matched to {reference}" if reference else "target"
