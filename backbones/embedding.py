@@ -6,6 +6,8 @@ import math
 import torch
 from torch import Tensor, nn
 
+from nasframe.ops.dropout import Dropout
+
 
 def sinusoidal_positions(length: int, dim: int, start: int = 0) -> Tensor:
     """(length, dim) table of Vaswani et al.'s sin/cos positions, beginning at ``start``."""
@@ -31,7 +33,7 @@ class FactorisedEmbedding(nn.Module):
         self.project = nn.Linear(embed_dim, d_model, bias=False) if embed_dim != d_model else None
         self.scale = math.sqrt(embed_dim)
         self.d_model = d_model
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def forward(self, tokens: Tensor, start: int = 0) -> Tensor:
         h = self.tokens(tokens) * self.scale

@@ -81,9 +81,13 @@ class _PeakTracker(TorchDispatchMode):
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (),
                            kwargs: Any = None) -> Any:
         out = func(*args, **(kwargs or {}))
+        inputs = {t.untyped_storage().data_ptr() for t in tree_flatten((args, kwargs))[0]
+                  if isinstance(t, Tensor) and t.device.type != "meta"}
         for t in tree_flatten(out)[0]:
             if isinstance(t, Tensor) and t.device.type != "meta":
-                self._track(t.untyped_storage())
+                storage = t.untyped_storage()
+                if storage.data_ptr() not in inputs:  # a view or in-place result is no new memory
+                    self._track(storage)
         return out
 
     def _track(self, storage: torch.UntypedStorage) -> None:

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from nasframe.errors import NasframeError, SpaceError
 from nasframe.ops.base import Context, Operation, Residual, register_op, zeros_at_padding
+from nasframe.ops.dropout import Dropout
 
 __all__ = [
     "CrossAttention",
@@ -66,7 +67,7 @@ class MultiHeadAttention(nn.Module):
         super().__init__()
         self.heads = heads
         self.head_dim = dim // heads
-        self.attention_dropout = nn.Dropout(dropout)  # a no-op in eval mode
+        self.attention_dropout = Dropout(dropout)  # a no-op in eval mode
         self.out_proj = nn.Linear(dim, dim)
 
     def split_heads(self, t: Tensor) -> Tensor:

@@ -15,6 +15,7 @@ from typing import Any, Literal, get_args
 from torch import Tensor, nn
 
 from nasframe.errors import SpaceError
+from nasframe.ops.dropout import Dropout
 
 __all__ = [
     "Context", "IncrementalState", "NORM_STYLES", "NormStyle", "Operation", "Residual",
@@ -90,7 +91,7 @@ class Residual(Operation):
                  style: NormStyle = "post") -> None:
         super().__init__()
         self.sublayer = sublayer
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.norm = nn.LayerNorm(dim)
         self.style = check_norm_style(style)
 

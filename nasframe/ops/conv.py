@@ -17,16 +17,15 @@ position needs nothing else, so each step costs O(k) whatever the length decoded
 """
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.autograd.function import once_differentiable
 
 from nasframe.errors import NasframeError, SpaceError
 from nasframe.ops.attention import check_heads, check_mask
 from nasframe.ops.base import Context, Operation, Residual, register_op, zeros_at_padding
+from nasframe.ops.dropout import Dropout
+from nasframe.ops.dynconv_fn import DynamicConvBlock, KernelSpec, convolve
 
 __all__ = ["ConvBlock", "DynamicConv", "StandardConv", "check_kernel", "conv", "dynamic_conv"]
 
@@ -108,12 +107,11 @@ class DynamicConv(ConvBlock):
     with its head's kernel. Weight dropout (DropConnect on the normalised kernel) regularises
     it, as in Wu et al.
 
-    The kernel prediction and the convolution run as one autograd function
-    (``_DynamicConvCore``) that never builds the (time, channels, kernel) window: it sums the
-    kernel taps of shifted inputs in place, keeps for backward only its input and the dropout
-    mask (1 byte per kernel weight), and recomputes the kernels in backward. Kept memory per
-    candidate no longer grows with the kernel size beyond that mask; the transient peak holds
-    a few (batch, time, heads, kernel) tensors, never a (.., channels, kernel) one.
+    In training and scoring the whole block (input projection, GLU, kernels, convolution,
+    output projection) runs as one autograd function, ``DynamicConvBlock``
+    (``nasframe.ops.dynconv_fn``): it keeps its input, the convolution output and a seed for the
+    weight-dropout mask, never builds the (time, channels, kernel) window, and builds the
+    kernels a slice of time at a time, so no (.., heads, kernel) tensor outgrows the input.
     """
 
     op_name = "dynamic_conv"
@@ -122,126 +120,38 @@ class DynamicConv(ConvBlock):
         super().__init__(dim, kernel, causal)
         self.heads = heads
         self.kernel_proj = nn.Linear(dim, heads * kernel)
-        self.weight_dropout = nn.Dropout(dropout)
+        self.weight_dropout = Dropout(dropout)  # its p; the mask comes from ``spec``
 
     def kernels(self, u: Tensor) -> Tensor:
         """The kernels for the inputs ``u``: (batch, time, heads, kernel), each summing to one."""
         batch, time, _ = u.shape
         return self.kernel_proj(u).view(batch, time, self.heads, self.kernel).softmax(dim=-1)
 
+    def spec(self, offset: int) -> KernelSpec:
+        """The kernel settings, with a weight-dropout seed drawn from torch's default CPU
+        generator in training (so seeding and the engine's replay reproduce the mask)."""
+        p = self.weight_dropout.p if self.weight_dropout.training else 0.0
+        seed = int(torch.randint(0, 2**62, (1,)).item()) if p > 0 else None
+        return KernelSpec(self.heads, self.kernel, offset, p, seed)
+
     def forward(self, x: Tensor, ctx: Context) -> Tensor:
         padding = check_mask(self.op_name, ctx.padding_mask, x, "ctx.padding_mask")
+        if ctx.state is None:
+            offset = self.kernel - 1 if self.causal else self.kernel // 2
+            return DynamicConvBlock.apply(
+                x, padding, self.input_proj.weight, self.input_proj.bias,
+                self.kernel_proj.weight, self.kernel_proj.bias,
+                self.output_proj.weight, self.output_proj.bias, self.spec(offset))
         u = zeros_at_padding(F.glu(self.input_proj(x), dim=-1), padding)
-        if ctx.state is None:  # the zero padding is implicit: no padded copy of u
-            src, offset = u, (self.kernel - 1 if self.causal else self.kernel // 2)
-        else:  # decoding: the cached history precedes u
-            src, offset = self.with_neighbours(u, ctx), 0
-        return self.output_proj(self.convolve_from(src, u, offset))
+        return self.output_proj(self.convolve(self.with_neighbours(u, ctx), u))
 
     def convolve(self, seq: Tensor, u: Tensor) -> Tensor:
         return self.convolve_from(seq, u, 0)
 
     def convolve_from(self, src: Tensor, u: Tensor, offset: int) -> Tensor:
         """Output t = sum_j src[t + j - offset] * kernel_t[j] per head; src is zero outside."""
-        p = self.weight_dropout.p if self.weight_dropout.training else 0.0
-        keep = None
-        if p > 0:  # drawn as nn.Dropout would draw it, so the masks are today's
-            shape = (*u.shape[:2], self.heads, self.kernel)
-            keep = F.dropout(u.new_ones(shape), p) != 0
-        return _DynamicConvCore.apply(src, u, self.kernel_proj.weight, self.kernel_proj.bias,
-                                      keep, p, offset, self.heads)
-
-
-def _kernel_probs(u: Tensor, weight: Tensor, bias: Tensor, heads: int) -> Tensor:
-    """The softmax kernels (batch, time, heads, kernel), before weight dropout: logits in
-    ``u``'s dtype, the softmax in at least float32 (``u`` is bf16 under autocast)."""
-    batch, time, _ = u.shape
-    logits = F.linear(u, weight.to(u.dtype), bias.to(u.dtype))
-    return logits.view(batch, time, heads, -1).softmax(-1, dtype=_accumulate(u.dtype))
-
-
-def _accumulate(dtype: torch.dtype) -> torch.dtype:
-    return torch.promote_types(dtype, torch.float32)
-
-
-def _dropped(probs: Tensor, keep: Tensor | None, p: float, inplace: bool) -> Tensor:
-    """The kernels after weight dropout (``probs`` itself without a mask)."""
-    if keep is None:
-        return probs
-    scale = keep.to(probs.dtype).div_(1 - p)
-    return probs.mul_(scale) if inplace else probs * scale
-
-
-def _taps(kernel: int, time: int, src_time: int, offset: int) -> list[tuple[int, int, int]]:
-    """(tap j, first output t, end output t) for the outputs whose tap j lands inside src."""
-    out = []
-    for j in range(kernel):
-        t0, t1 = max(0, offset - j), min(time, src_time + offset - j)
-        if t0 < t1:
-            out.append((j, t0, t1))
-    return out
-
-
-class _DynamicConvCore(torch.autograd.Function):
-    """Kernel prediction + dynamic convolution; saves ``src``, ``u`` and the dropout mask.
-
-    Computes in ``u``'s dtype with autocast off inside (explicit casts instead), so forward and
-    backward agree whether or not autocast is on when backward runs.
-    """
-
-    @staticmethod
-    def forward(fctx: Any, src: Tensor, u: Tensor, weight: Tensor, bias: Tensor,
-                keep: Tensor | None, p: float, offset: int, heads: int) -> Tensor:
-        with torch.autocast(u.device.type, enabled=False):
-            return _DynamicConvCore._forward(fctx, src, u, weight, bias, keep, p, offset, heads)
-
-    @staticmethod
-    def _forward(fctx: Any, src: Tensor, u: Tensor, weight: Tensor, bias: Tensor,
-                 keep: Tensor | None, p: float, offset: int, heads: int) -> Tensor:
-        batch, time, dim = u.shape
-        src = src.to(u.dtype)
-        w = _dropped(_kernel_probs(u, weight, bias, heads), keep, p, inplace=True).to(u.dtype)
-        s = src.view(batch, src.size(1), heads, dim // heads)
-        out = u.new_zeros(batch, time, heads, dim // heads)
-        for j, t0, t1 in _taps(w.size(-1), time, src.size(1), offset):
-            out[:, t0:t1].addcmul_(s[:, t0 + j - offset:t1 + j - offset], w[:, t0:t1, :, j, None])
-        fctx.save_for_backward(src, u, weight, bias, keep)
-        fctx.p, fctx.offset, fctx.heads = p, offset, heads
-        return out.view(batch, time, dim)
-
-    @staticmethod
-    @once_differentiable
-    def backward(fctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
-        src, u, weight, bias, keep = fctx.saved_tensors
-        with torch.autocast(u.device.type, enabled=False):
-            return _DynamicConvCore._backward(fctx, grad, src, u, weight, bias, keep)
-
-    @staticmethod
-    def _backward(fctx: Any, grad: Tensor, src: Tensor, u: Tensor, weight: Tensor,
-                  bias: Tensor, keep: Tensor | None) -> tuple[Tensor | None, ...]:
-        batch, time, dim = u.shape
-        heads, offset, p = fctx.heads, fctx.offset, fctx.p
-        probs = _kernel_probs(u, weight, bias, heads)  # recomputed: cheaper than keeping it
-        s = src.to(u.dtype).view(batch, src.size(1), heads, dim // heads)
-        g = grad.to(u.dtype).reshape(batch, time, heads, dim // heads)
-        w = _dropped(probs, keep, p, inplace=False).to(u.dtype)
-        g_src = torch.zeros_like(s)
-        g_w = torch.zeros_like(probs)
-        for j, t0, t1 in _taps(probs.size(-1), time, src.size(1), offset):
-            shifted = slice(t0 + j - offset, t1 + j - offset)
-            g_src[:, shifted].addcmul_(g[:, t0:t1], w[:, t0:t1, :, j, None])
-            g_w[:, t0:t1, :, j] = torch.linalg.vecdot(g[:, t0:t1], s[:, shifted])
-        del w  # the dropped kernels are not needed past the taps
-        if keep is not None:  # through the dropout, in place
-            g_w.masked_fill_(keep.logical_not(), 0.0).div_(1 - p)
-        # softmax backward in place: probs * (g_w - <g_w, probs>)
-        dot = (g_w.unsqueeze(-2) @ probs.unsqueeze(-1)).squeeze(-1)
-        g_logits = g_w.sub_(dot).mul_(probs).view(batch, time, -1).to(u.dtype)
-        g_u = g_logits @ weight.to(u.dtype)
-        g_weight = g_logits.reshape(-1, g_logits.size(-1)).t() @ u.reshape(-1, dim)
-        g_bias = g_logits.sum(dim=(0, 1))
-        return (g_src.view(src.shape).to(src.dtype), g_u, g_weight.to(weight.dtype),
-                g_bias.to(bias.dtype), None, None, None, None)
+        return convolve(src, u, self.kernel_proj.weight, self.kernel_proj.bias,
+                        self.spec(offset))
 
 
 @register_op("conv")

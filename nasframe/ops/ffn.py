@@ -13,6 +13,7 @@ from torch import Tensor, nn
 
 from nasframe.errors import SpaceError
 from nasframe.ops.base import Context, Operation, Residual, register_op
+from nasframe.ops.dropout import Dropout
 
 __all__ = ["FeedForward", "GatedFeedForward", "ffn", "glu"]
 
@@ -29,7 +30,7 @@ class FeedForward(nn.Module):
     def __init__(self, dim: int, hidden: int, dropout: float) -> None:
         super().__init__()
         self.inner = nn.Linear(dim, hidden)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.outer = nn.Linear(hidden, dim)
 
     def forward(self, x: Tensor, ctx: Context) -> Tensor:
@@ -46,7 +47,7 @@ class GatedFeedForward(nn.Module):
     def __init__(self, dim: int, hidden: int, dropout: float) -> None:
         super().__init__()
         self.inner = nn.Linear(dim, 2 * hidden)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.outer = nn.Linear(hidden, dim)
 
     def forward(self, x: Tensor, ctx: Context) -> Tensor:
