@@ -48,7 +48,10 @@ def saved_bytes(forward: Callable[[], Tensor], exclude: Iterable[Tensor] = ()) -
         if ptr not in skip and ptr not in seen:
             seen[ptr] = storage.nbytes()
         count += 1
-        return t
+        # A detached alias, not ``t``: a node that saves its own output through a pack hook
+        # returning that very tensor closes a reference cycle (output -> node -> output) that
+        # Python's collector cannot see, and the whole graph would outlive ``forward``.
+        return t.detach()
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         out = forward()

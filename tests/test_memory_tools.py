@@ -114,3 +114,27 @@ def test_allocated_peak_agrees_with_mem_tracker_and_falls_with_reconstruction() 
     saved_ours, saved_theirs = peaks[False] - peaks[True], tracked[False] - tracked[True]
     assert abs(saved_ours - saved_theirs) <= 0.02 * saved_theirs
     assert peaks[True] < 0.6 * peaks[False]
+
+
+def test_counting_saved_bytes_frees_the_graph() -> None:
+    """The count must not keep the graph alive: a pack hook that returns a node's own output
+    makes a cycle Python cannot collect, and on CUDA every measured graph then stays allocated
+    (it inflated later peaks by the graphs measured before them)."""
+    import gc
+    import weakref
+
+    from nasframe.memory import saved_bytes
+
+    for saving in (False, True):
+        model, x, mask = encoder_case(2)
+        model.encoder.memory_saving = saving
+        alive: list[weakref.ref] = []
+
+        def forward() -> torch.Tensor:
+            out = model.encoder(x, padding_mask=mask).log_softmax(-1)  # saves its own output
+            alive.append(weakref.ref(out))
+            return out.sum()
+
+        assert saved_bytes(forward, exclude=list(model.parameters())).bytes > 0
+        gc.collect()
+        assert alive[0]() is None
