@@ -10,7 +10,8 @@ convolution output and one int64 seed, and recomputes the rest in backward:
 - the GLU is recomputed from ``x`` (one matmul);
 - the weight-dropout mask is redrawn from its seed, not stored;
 - the kernels are built for a slice of time at a time (``time_chunk``), so no (.., heads,
-  kernel) tensor is larger than the block's input, in forward or backward;
+  kernel) tensor is larger than the block's input (or 1 MiB, where that is larger), in forward
+  or backward;
 - the convolution sums the kernel taps of shifted inputs in place and never builds the
   (time, channels, kernel) window.
 
@@ -46,11 +47,17 @@ class KernelSpec:
     seed: int | None = None
 
 
-def time_chunk(time: int, dim: int, spec: KernelSpec) -> int:
+# Slices are never made smaller than this many kernel weights (1 MiB in float32): below it
+# the Python loop over slices and taps costs more time than the memory it saves.
+MIN_SLICE = 1 << 18
+
+
+def time_chunk(time: int, dim: int, spec: KernelSpec, batch: int = 1) -> int:
     """Positions per slice, so that a (batch, slice, heads, kernel) tensor is at most the size
-    of the (batch, time, dim) input."""
-    per_position = spec.heads * spec.kernel
-    return time if per_position <= dim else max(1, time * dim // per_position)
+    of the (batch, time, dim) input, or ``MIN_SLICE`` weights if that is larger."""
+    per_position = batch * spec.heads * spec.kernel
+    budget = max(batch * time * dim, MIN_SLICE)
+    return min(time, max(1, budget // per_position))
 
 
 def _slices(time: int, chunk: int) -> list[tuple[int, int, int]]:
@@ -95,7 +102,7 @@ def convolve(src: Tensor, u: Tensor, weight: Tensor, bias: Tensor, spec: KernelS
     heads = spec.heads
     s = src.to(u.dtype).reshape(batch, src.size(1), heads, dim // heads)
     out = u.new_zeros(batch, time, heads, dim // heads)
-    for index, t0, t1 in _slices(time, time_chunk(time, dim, spec)):
+    for index, t0, t1 in _slices(time, time_chunk(time, dim, spec, batch)):
         w = _kernels(u[:, t0:t1], weight, bias, spec)
         keep = weight_keep(spec, batch, t0, t1, index, u.device)
         if keep is not None:
@@ -120,7 +127,7 @@ def _convolve_backward(g: Tensor, u: Tensor, weight: Tensor, bias: Tensor, spec:
     g_weight = torch.zeros(weight.shape, dtype=u.dtype, device=u.device)
     g_bias = torch.zeros(bias.shape, dtype=u.dtype, device=u.device)
     w_cast = weight.to(u.dtype)
-    for index, t0, t1 in _slices(time, time_chunk(time, dim, spec)):
+    for index, t0, t1 in _slices(time, time_chunk(time, dim, spec, batch)):
         probs = _kernels(u[:, t0:t1], weight, bias, spec)
         keep = weight_keep(spec, batch, t0, t1, index, u.device)
         w = ((probs * keep).mul_(keep_scale(spec.p)) if keep is not None else probs).to(u.dtype)
