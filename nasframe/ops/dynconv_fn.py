@@ -50,6 +50,7 @@ class KernelSpec:
 # Slices are never made smaller than this many kernel weights (1 MiB in float32): below it
 # the Python loop over slices and taps costs more time than the memory it saves.
 MIN_SLICE = 1 << 18
+_SHORT_SOFTMAX = 24  # below this kernel size the CPU softmax is computed by hand
 
 
 def time_chunk(time: int, dim: int, spec: KernelSpec, batch: int = 1) -> int:
@@ -80,7 +81,14 @@ def _kernels(u: Tensor, weight: Tensor, bias: Tensor, spec: KernelSpec) -> Tenso
     batch, time, _ = u.shape
     logits = F.linear(u, weight.to(u.dtype), bias.to(u.dtype))
     acc = torch.promote_types(u.dtype, torch.float32)
-    return logits.view(batch, time, spec.heads, spec.kernel).softmax(-1, dtype=acc)
+    logits = logits.view(batch, time, spec.heads, spec.kernel)
+    if u.device.type == "cpu" and spec.kernel < _SHORT_SOFTMAX:
+        # torch's CPU softmax over a short last dimension is 4-5x slower than these three
+        # vectorised passes (kernel 3: 144 against 37 us on 16x24x8 rows, one thread)
+        x = logits.to(acc)
+        e = (x - x.amax(-1, keepdim=True)).exp_()
+        return e / e.sum(-1, keepdim=True)
+    return logits.softmax(-1, dtype=acc)
 
 
 def _taps(spec: KernelSpec, t0: int, t1: int, src_time: int) -> list[tuple[int, int, int]]:
