@@ -8,10 +8,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from nasframe.memory import allocated_peak_bytes, saved_bytes
-from nasframe.ops import Context, create_op
+from nasframe.ops import Context, create_op, dynconv_fn
 from nasframe.ops.conv import DynamicConv
 from nasframe.ops.dropout import keep_scale
-from nasframe.ops import dynconv_fn
 from nasframe.ops.dynconv_fn import time_chunk, weight_keep
 
 
