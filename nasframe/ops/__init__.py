@@ -12,3 +12,4 @@ from nasframe.ops.base import (  # noqa: F401
     register_op,
     zeros_at_padding,
 )
+from nasframe.ops.dropout import Dropout, dropout  # noqa: F401
