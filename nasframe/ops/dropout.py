@@ -18,6 +18,7 @@ and keep a ``bool`` mask.
 """
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -38,9 +39,7 @@ def keep_mask(shape: torch.Size | tuple[int, ...], p: float, device: torch.devic
               generator: torch.Generator | None = None) -> Tensor:
     """A ``bool`` mask of ``shape``, each element True with probability 1 - p (see module),
     drawn from ``generator`` (default: torch's default generator of ``device``)."""
-    n = 1
-    for s in shape:
-        n *= s
+    n = math.prod(shape)
     if torch.device(device).type != "cpu":
         return torch.empty(shape, device=device).bernoulli_(1 - p, generator=generator).bool()
     draws = torch.empty((n + 3) // 4, dtype=torch.int64).random_(generator=generator)

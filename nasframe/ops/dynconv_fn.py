@@ -91,6 +91,16 @@ def _kernels(u: Tensor, weight: Tensor, bias: Tensor, spec: KernelSpec) -> Tenso
     return logits.softmax(-1, dtype=acc)
 
 
+def _slice_kernels(u: Tensor, weight: Tensor, bias: Tensor, spec: KernelSpec, index: int,
+                   t0: int, t1: int) -> tuple[Tensor, Tensor | None, Tensor]:
+    """For slice ``index`` (positions t0..t1): the softmax kernels, the weight-dropout keep
+    mask (None without dropout) and the kernels after dropout, in ``u``'s dtype."""
+    probs = _kernels(u[:, t0:t1], weight, bias, spec)
+    keep = weight_keep(spec, u.size(0), t0, t1, index, u.device)
+    w = (probs * keep).mul_(keep_scale(spec.p)) if keep is not None else probs
+    return probs, keep, w.to(u.dtype)
+
+
 def _taps(spec: KernelSpec, t0: int, t1: int, src_time: int) -> list[tuple[int, int, int]]:
     """(tap j, first output t, end output t) among outputs t0..t1 whose tap j is inside src."""
     out = []
@@ -111,11 +121,7 @@ def convolve(src: Tensor, u: Tensor, weight: Tensor, bias: Tensor, spec: KernelS
     s = src.to(u.dtype).reshape(batch, src.size(1), heads, dim // heads)
     out = u.new_zeros(batch, time, heads, dim // heads)
     for index, t0, t1 in _slices(time, time_chunk(time, dim, spec, batch)):
-        w = _kernels(u[:, t0:t1], weight, bias, spec)
-        keep = weight_keep(spec, batch, t0, t1, index, u.device)
-        if keep is not None:
-            w = (w * keep).mul_(keep_scale(spec.p))
-        w = w.to(u.dtype)
+        w = _slice_kernels(u, weight, bias, spec, index, t0, t1)[2]
         for j, a, b in _taps(spec, t0, t1, s.size(1)):
             out[:, a:b].addcmul_(s[:, a + j - spec.offset:b + j - spec.offset],
                                  w[:, a - t0:b - t0, :, j, None])
@@ -136,9 +142,7 @@ def _convolve_backward(g: Tensor, u: Tensor, weight: Tensor, bias: Tensor, spec:
     g_bias = torch.zeros(bias.shape, dtype=u.dtype, device=u.device)
     w_cast = weight.to(u.dtype)
     for index, t0, t1 in _slices(time, time_chunk(time, dim, spec, batch)):
-        probs = _kernels(u[:, t0:t1], weight, bias, spec)
-        keep = weight_keep(spec, batch, t0, t1, index, u.device)
-        w = ((probs * keep).mul_(keep_scale(spec.p)) if keep is not None else probs).to(u.dtype)
+        probs, keep, w = _slice_kernels(u, weight, bias, spec, index, t0, t1)
         g_w = torch.zeros_like(probs)
         for j, a, b in _taps(spec, t0, t1, time):
             shifted = slice(a + j - spec.offset, b + j - spec.offset)
