@@ -4,7 +4,8 @@
 # runs past its time limit is stopped and the rest still run. EXTRA="--quick" tries the
 # plumbing on a CPU in a minute.
 set -u
-out=${1:?usage: gpu_figures.sh OUTDIR}
+[ $# -eq 1 ] || { echo "error: usage: benchmarks/gpu_figures.sh OUTDIR" >&2; exit 2; }
+out=$1
 bench="${NASFRAME:-nasframe} bench"
 extra=${EXTRA:-}
 mkdir -p "$out"
