@@ -112,3 +112,24 @@ def test_parse_bytes() -> None:
     assert parse_bytes("2GiB") == 2 * 2**30 and parse_bytes("1.5 MB") == 1_500_000
     with pytest.raises(ConfigError, match="2 gigs"):
         parse_bytes("2 gigs")
+
+
+def test_bench_ops_reports_kept_and_peak_over_the_input(tmp_path: Path) -> None:
+    rows = _bench(tmp_path, "ops", "--ops", "dynamic_conv:kernel=31", "ffn",
+                  "--repeats", "1")["rows"]
+    assert [r["op"] for r in rows] == ["dynamic_conv:kernel=31", "ffn"]
+    conv, ffn = rows
+    # dynamic_conv keeps its input, the convolution output, the dropout mask and the norm's
+    # input: no window and no (.., kernel) tensor; ffn keeps its 4x-wide hidden layer
+    assert 3 <= conv["kept / input"] <= 4 < ffn["kept / input"]
+    for r in rows:
+        assert r["peak / input"] > r["kept / input"] > r["sublayer kept / input"] > 0
+        assert r["fwd+bwd (ms)"] > 0
+
+
+@pytest.mark.parametrize("op", ["dynamic_conv:kernl=3", "dynamic_conv:kernel=4", "nope"])
+def test_bench_ops_refuses_a_bad_op_in_one_line(tmp_path: Path, op: str,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench", "ops", "--ops", op, "--quick", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: --ops") and op in err[0]

@@ -11,7 +11,7 @@ from nasframe.memory import allocated_peak_bytes, saved_bytes
 from nasframe.ops import Context, create_op, dynconv_fn
 from nasframe.ops.conv import DynamicConv
 from nasframe.ops.dropout import keep_scale
-from nasframe.ops.dynconv_fn import time_chunk, weight_keep
+from nasframe.ops.dynconv_fn import weight_mask
 
 
 def unfold_reference(block: DynamicConv, x: Tensor, pad: Tensor | None) -> Tensor:
@@ -24,10 +24,8 @@ def unfold_reference(block: DynamicConv, x: Tensor, pad: Tensor | None) -> Tenso
     batch, time, dim = u.shape
     spec = block.spec(left)  # draws the weight-dropout seed as the block does
     weights = block.kernels(u)
-    if spec.seed is not None:  # the block's mask, slice by slice
-        chunk = time_chunk(time, dim, spec, batch)
-        keep = torch.cat([weight_keep(spec, batch, t0, min(time, t0 + chunk), i, u.device)
-                          for i, t0 in enumerate(range(0, time, chunk))], dim=1)
+    keep = weight_mask(spec, batch, time, dim, u.device)  # the block's, piece by piece
+    if keep is not None:
         weights = weights * keep * keep_scale(spec.p)
     windows = seq.unfold(1, block.kernel, 1)
     windows = windows.reshape(batch, time, block.heads, dim // block.heads, block.kernel)
@@ -38,8 +36,13 @@ def unfold_reference(block: DynamicConv, x: Tensor, pad: Tensor | None) -> Tenso
 @pytest.mark.parametrize("kernel,heads,causal", [(3, 2, False), (7, 4, True), (31, 8, False),
                                                  (4, 2, True), (31, 2, True)])
 @pytest.mark.parametrize("train", [False, True])
-def test_outputs_and_gradients_equal_the_unfold_version_float64(kernel: int, heads: int,
-                                                                causal: bool, train: bool) -> None:
+@pytest.mark.parametrize("pieces", ["whole", "many"])
+def test_outputs_and_gradients_equal_the_unfold_version_float64(
+        kernel: int, heads: int, causal: bool, train: bool, pieces: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    if pieces == "many":  # chunks of sentences and slices of time, each seeding its own mask
+        monkeypatch.setattr(dynconv_fn, "MIN_SLICE", 0)
+        monkeypatch.setattr(dynconv_fn, "PIECE_FRACTION", 3)
     torch.manual_seed(0)
     op = create_op("dynamic_conv", 16, causal=causal, dropout=0.3, kernel=kernel,
                    heads=heads).double().train(train)
@@ -91,17 +94,33 @@ def kept_and_peak(kernel: int, dim: int = 48) -> tuple[float, float]:
 
 
 def test_kept_memory_is_flat_in_the_kernel_and_under_4x(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(dynconv_fn, "MIN_SLICE", 0)  # slice by the input's size alone
+    monkeypatch.setattr(dynconv_fn, "MIN_SLICE", 0)  # pieces by the input's size alone
     ratios = {k: kept_and_peak(k) for k in (3, 7, 11, 15, 31)}
     print("kept / input, peak / input:", ratios)
     kept = [r[0] for r in ratios.values()]
     # the input, the convolution output, the residual's bool dropout mask, the norm's input
     assert max(kept) <= 4
     assert max(kept) - min(kept) <= 0.01  # no (.., kernel) tensor kept: the mask is a seed
-    # the kernels are built a slice of time at a time, so no (.., heads, kernel) tensor is
-    # larger than the input: kernel 31 (248 weights per position against 48 channels) peaks
-    # a few inputs above kernel 3 (the window of the unfold version: 15 more)
-    assert ratios[31][1] - ratios[3][1] <= 3
+    # the GLU and the kernels are built a piece (an eighth of the input) at a time: the peak
+    # is the output, its gradient through the norm and the dropout, the convolution output,
+    # the input gradient and the pieces (11.9-13.7 inputs when one slice held every sentence)
+    assert max(r[1] for r in ratios.values()) <= 8
+    # what grows with the kernel is the kernel projection's weight gradient (48 x 248 weights
+    # at kernel 31: 0.97 inputs here) and a slice's kernels
+    assert ratios[31][1] - ratios[3][1] <= 1.5
+
+
+def test_alpha_step_keeps_no_convolution_output() -> None:
+    torch.manual_seed(0)
+    op = create_op("dynamic_conv", 48, causal=False, dropout=0.1, kernel=7).train()
+    x = torch.randn(8, 32, 48, requires_grad=True)
+    params = list(op.parameters())
+    kept = saved_bytes(lambda: op(x, Context()), exclude=params).bytes
+    for p in params:
+        p.requires_grad_(False)
+    frozen = saved_bytes(lambda: op(x, Context()), exclude=params).bytes
+    # only the output projection's weight gradient reads the convolution output
+    assert kept - frozen == x.nbytes
 
 
 def test_alpha_step_skips_the_weight_gradients() -> None:
@@ -118,3 +137,24 @@ def test_alpha_step_skips_the_weight_gradients() -> None:
     torch.manual_seed(1)
     (g_all,) = torch.autograd.grad(op(x, Context()).square().sum(), [x])
     assert (g_frozen - g_all).abs().max().item() <= 1e-12
+
+
+def test_layout_covers_every_position_once_within_its_budget(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(dynconv_fn, "MIN_SLICE", 0)
+    for batch, time, dim, heads, kernel in [(16, 64, 48, 8, 31), (3, 9, 16, 2, 7), (1, 5, 8, 2, 3),
+                                             (7, 40, 24, 4, 15)]:
+        spec = dynconv_fn.KernelSpec(heads, kernel, kernel // 2)
+        chunks = dynconv_fn.layout(batch, time, dim, spec)
+        seen = torch.zeros(batch, time, dtype=torch.int64)
+        budget = max(-(-batch * time * dim // dynconv_fn.PIECE_FRACTION), 1)
+        indices = []
+        for chunk in chunks:
+            rows = chunk.r1 - chunk.r0
+            assert rows == 1 or rows * time * dim <= budget
+            for index, t0, t1 in chunk.slices:
+                seen[chunk.r0:chunk.r1, t0:t1] += 1
+                indices.append(index)
+                assert t1 - t0 == 1 or rows * (t1 - t0) * heads * kernel <= budget
+        assert bool((seen == 1).all())
+        assert indices == list(range(len(indices)))  # one seed per piece

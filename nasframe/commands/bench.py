@@ -1,4 +1,4 @@
-"""``nasframe bench memory|speed|reconstruction|decoding|strategies``: the benchmarks of the
+"""``nasframe bench memory|speed|reconstruction|decoding|strategies|ops``: the benchmarks of the
 installed package (``nasframe.benchmarks``), each writing ``<name>.json`` (labelled with the
 device and thread count), a table and, with matplotlib, ``<name>.png`` into ``--out``."""
 from __future__ import annotations
@@ -14,12 +14,13 @@ BENCHMARKS = {
     "reconstruction": ("reconstruction", "exactness and cost of backprop with reconstruction"),
     "decoding": ("decoding", "incremental decoding: reversible vs Transformer, same parameters"),
     "strategies": ("strategies", "search updates per second of each built-in strategy"),
+    "ops": ("ops", "memory kept and peak, and time, of each candidate op over its input"),
 }
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="benchmarks: memory, speed, reconstruction, decoding, "
-                                     "strategies", description=__doc__)
+                                     "strategies, ops", description=__doc__)
     inner = p.add_subparsers(title="benchmarks", dest="benchmark", metavar="BENCHMARK",
                              required=True, parser_class=type(p))
     for name, (module_name, help_text) in BENCHMARKS.items():

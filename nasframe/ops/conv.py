@@ -110,8 +110,9 @@ class DynamicConv(ConvBlock):
     In training and scoring the whole block (input projection, GLU, kernels, convolution,
     output projection) runs as one autograd function, ``DynamicConvBlock``
     (``nasframe.ops.dynconv_fn``): it keeps its input, the convolution output and a seed for the
-    weight-dropout mask, never builds the (time, channels, kernel) window, and builds the
-    kernels a slice of time at a time, so no (.., heads, kernel) tensor outgrows the input.
+    weight-dropout mask, never builds the (time, channels, kernel) window, and works in pieces
+    (chunks of sentences, slices of time), so no recomputed tensor outgrows an eighth of the
+    input (or 512 KiB).
     """
 
     op_name = "dynamic_conv"

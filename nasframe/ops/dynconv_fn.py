@@ -5,13 +5,16 @@
 GLU output (1x), the convolution output (1x) and, for the kernels, (batch, time, heads, kernel)
 tensors whose size grows with the kernel: 5.2x the input per tensor at width 48 with 8 heads and
 kernel 31. ``DynamicConvBlock`` keeps only its input ``x`` (which the caller holds anyway), the
-convolution output and one int64 seed, and recomputes the rest in backward:
+convolution output (when the weights need gradients: not in an alpha step) and one int64 seed,
+and recomputes the rest in backward:
 
-- the GLU is recomputed from ``x`` (one matmul);
-- the weight-dropout mask is redrawn from its seed, not stored;
-- the kernels are built for a slice of time at a time (``time_chunk``), so no (.., heads,
-  kernel) tensor is larger than the block's input (or 1 MiB, where that is larger), in forward
+- the work is split into pieces (``layout``): chunks of sentences, each cut into slices of
+  time, so the GLU of a chunk and the kernels of a slice are never larger than an eighth of
+  the input (``PIECE_FRACTION``), or ``MIN_SLICE`` elements where that is larger, in forward
   or backward;
+- the GLU is recomputed from ``x`` (one matmul per chunk), and the input gradient is written
+  chunk by chunk into one tensor;
+- the weight-dropout mask of each piece is redrawn from the seed, not stored;
 - the convolution sums the kernel taps of shifted inputs in place and never builds the
   (time, channels, kernel) window.
 
@@ -31,7 +34,8 @@ from torch.autograd.function import once_differentiable
 
 from nasframe.ops.dropout import keep_mask, keep_scale
 
-__all__ = ["DynamicConvBlock", "KernelSpec", "convolve", "time_chunk", "weight_keep"]
+__all__ = ["DynamicConvBlock", "KernelSpec", "Chunk", "convolve", "layout", "weight_keep",
+           "weight_mask"]
 
 
 @dataclass(frozen=True)
@@ -47,41 +51,72 @@ class KernelSpec:
     seed: int | None = None
 
 
-# Slices are never made smaller than this many kernel weights (1 MiB in float32): below it
-# the Python loop over slices and taps costs more time than the memory it saves.
-MIN_SLICE = 1 << 18
+# No piece is made smaller than this many elements (512 KiB in float32): below it the Python
+# loop over pieces and taps costs more time than the memory it saves (2^16 made a 32x24x120
+# block 10-19% slower than 2^17; 2^18 peaked 0.9-1.3 inputs higher at 64x64x240).
+MIN_SLICE = 1 << 17
+# Above that floor, a chunk's (rows, time, dim) tensors and a slice's (rows, slice, heads,
+# kernel) tensors are at most this fraction of the input.
+PIECE_FRACTION = 8
 _SHORT_SOFTMAX = 24  # below this kernel size the CPU softmax is computed by hand
 
 
-def time_chunk(time: int, dim: int, spec: KernelSpec, batch: int = 1) -> int:
-    """Positions per slice, so that a (batch, slice, heads, kernel) tensor is at most the size
-    of the (batch, time, dim) input, or ``MIN_SLICE`` weights if that is larger."""
-    per_position = batch * spec.heads * spec.kernel
-    budget = max(batch * time * dim, MIN_SLICE)
-    return min(time, max(1, budget // per_position))
+@dataclass(frozen=True)
+class Chunk:
+    """Sentences ``r0:r1``, cut into time slices ``(index, t0, t1)``; ``index`` numbers the
+    slices of the whole layout and seeds each slice's weight-dropout mask."""
+
+    r0: int
+    r1: int
+    slices: tuple[tuple[int, int, int], ...]
 
 
-def _slices(time: int, chunk: int) -> list[tuple[int, int, int]]:
-    return [(k, t0, min(time, t0 + chunk)) for k, t0 in enumerate(range(0, time, chunk))]
+def layout(batch: int, time: int, dim: int, spec: KernelSpec) -> list[Chunk]:
+    """The pieces the block works in: forward, backward and ``weight_mask`` share them."""
+    budget = max(-(-batch * time * dim // PIECE_FRACTION), MIN_SLICE)
+    rows = min(batch, max(1, budget // max(1, time * dim)))
+    step = min(time, max(1, budget // (rows * spec.heads * spec.kernel)))
+    chunks, index = [], 0
+    for r0 in range(0, batch, rows):
+        slices = []
+        for t0 in range(0, time, step):
+            slices.append((index, t0, min(time, t0 + step)))
+            index += 1
+        chunks.append(Chunk(r0, min(batch, r0 + rows), tuple(slices)))
+    return chunks
 
 
-def weight_keep(spec: KernelSpec, batch: int, t0: int, t1: int, index: int,
+def weight_keep(spec: KernelSpec, rows: int, t0: int, t1: int, index: int,
                 device: torch.device) -> Tensor | None:
-    """The weight-dropout keep mask of slice ``index`` (positions t0..t1), redrawn from the
-    spec's seed: the same in forward and backward, never stored."""
+    """The weight-dropout keep mask of slice ``index`` (``rows`` sentences, positions t0..t1),
+    redrawn from the spec's seed: the same in forward and backward, never stored."""
     if spec.seed is None or spec.p == 0.0:
         return None
     generator = torch.Generator(device=device).manual_seed(spec.seed + index)
-    return keep_mask((batch, t1 - t0, spec.heads, spec.kernel), spec.p, device, generator)
+    return keep_mask((rows, t1 - t0, spec.heads, spec.kernel), spec.p, device, generator)
+
+
+def weight_mask(spec: KernelSpec, batch: int, time: int, dim: int,
+                device: torch.device) -> Tensor | None:
+    """The whole (batch, time, heads, kernel) keep mask the block uses, assembled from its
+    pieces (for references and tests; the block itself never builds it)."""
+    if spec.seed is None or spec.p == 0.0:
+        return None
+    rows = []
+    for chunk in layout(batch, time, dim, spec):
+        n = chunk.r1 - chunk.r0
+        rows.append(torch.cat([weight_keep(spec, n, t0, t1, i, device)  # type: ignore[misc]
+                               for i, t0, t1 in chunk.slices], dim=1))
+    return torch.cat(rows, dim=0)
 
 
 def _kernels(u: Tensor, weight: Tensor, bias: Tensor, spec: KernelSpec) -> Tensor:
-    """Softmax kernels (batch, time, heads, kernel) for the inputs ``u``, before dropout:
+    """Softmax kernels (rows, time, heads, kernel) for the inputs ``u``, before dropout:
     logits in ``u``'s dtype, the softmax in at least float32."""
-    batch, time, _ = u.shape
+    rows, time, _ = u.shape
     logits = F.linear(u, weight.to(u.dtype), bias.to(u.dtype))
     acc = torch.promote_types(u.dtype, torch.float32)
-    logits = logits.view(batch, time, spec.heads, spec.kernel)
+    logits = logits.view(rows, time, spec.heads, spec.kernel)
     if u.device.type == "cpu" and spec.kernel < _SHORT_SOFTMAX:
         # torch's CPU softmax over a short last dimension is 4-5x slower than these three
         # vectorised passes (kernel 3: 144 against 37 us on 16x24x8 rows, one thread)
@@ -93,8 +128,9 @@ def _kernels(u: Tensor, weight: Tensor, bias: Tensor, spec: KernelSpec) -> Tenso
 
 def _slice_kernels(u: Tensor, weight: Tensor, bias: Tensor, spec: KernelSpec, index: int,
                    t0: int, t1: int) -> tuple[Tensor, Tensor | None, Tensor]:
-    """For slice ``index`` (positions t0..t1): the softmax kernels, the weight-dropout keep
-    mask (None without dropout) and the kernels after dropout, in ``u``'s dtype."""
+    """For slice ``index`` (positions t0..t1 of the chunk ``u``): the softmax kernels, the
+    weight-dropout keep mask (None without dropout) and the kernels after dropout, in ``u``'s
+    dtype."""
     probs = _kernels(u[:, t0:t1], weight, bias, spec)
     keep = weight_keep(spec, u.size(0), t0, t1, index, u.device)
     w = (probs * keep).mul_(keep_scale(spec.p)) if keep is not None else probs
@@ -111,37 +147,45 @@ def _taps(spec: KernelSpec, t0: int, t1: int, src_time: int) -> list[tuple[int, 
     return out
 
 
+def _convolve_chunk(src: Tensor, u: Tensor, weight: Tensor, bias: Tensor, spec: KernelSpec,
+                    chunk: Chunk, out: Tensor) -> None:
+    """``convolve`` for one chunk of sentences, added into ``out`` (zeros, shaped like u)."""
+    rows, _, dim = u.shape
+    heads = spec.heads
+    s = src.to(u.dtype).reshape(rows, src.size(1), heads, dim // heads)
+    o = out.view(rows, -1, heads, dim // heads)
+    for index, t0, t1 in chunk.slices:
+        w = _slice_kernels(u, weight, bias, spec, index, t0, t1)[2]
+        for j, a, b in _taps(spec, t0, t1, s.size(1)):
+            o[:, a:b].addcmul_(s[:, a + j - spec.offset:b + j - spec.offset],
+                               w[:, a - t0:b - t0, :, j, None])
+
+
 def convolve(src: Tensor, u: Tensor, weight: Tensor, bias: Tensor, spec: KernelSpec) -> Tensor:
     """Output t = sum_j src[t + j - offset] * kernel_t[j] per head, with the kernels predicted
     from ``u`` (batch, time, dim) and ``src`` zero outside its length. Plain tensor ops (in
     place on fresh tensors), so autograd can also differentiate it; ``DynamicConvBlock`` is the
     memory-saving way to."""
     batch, time, dim = u.shape
-    heads = spec.heads
-    s = src.to(u.dtype).reshape(batch, src.size(1), heads, dim // heads)
-    out = u.new_zeros(batch, time, heads, dim // heads)
-    for index, t0, t1 in _slices(time, time_chunk(time, dim, spec, batch)):
-        w = _slice_kernels(u, weight, bias, spec, index, t0, t1)[2]
-        for j, a, b in _taps(spec, t0, t1, s.size(1)):
-            out[:, a:b].addcmul_(s[:, a + j - spec.offset:b + j - spec.offset],
-                                 w[:, a - t0:b - t0, :, j, None])
-    return out.view(batch, time, dim)
+    out = u.new_zeros(batch, time, dim)
+    for chunk in layout(batch, time, dim, spec):
+        rows = slice(chunk.r0, chunk.r1)
+        _convolve_chunk(src[rows], u[rows], weight, bias, spec, chunk, out[rows])
+    return out
 
 
 def _convolve_backward(g: Tensor, u: Tensor, weight: Tensor, bias: Tensor, spec: KernelSpec,
-                       weights: bool = True) -> tuple[Tensor, Tensor | None, Tensor | None]:
-    """Gradients of ``convolve(u, u, ...)`` for the output gradient ``g``: to u (as the source
-    and as the kernels' input), and (with ``weights``) to the kernel projection's weight and
-    bias."""
-    batch, time, dim = u.shape
+                       chunk: Chunk, g_weight: Tensor | None, g_bias: Tensor | None) -> Tensor:
+    """For one chunk: the gradient of ``convolve(u, u, ...)`` to u (as the source and as the
+    kernels' input) for the output gradient ``g``; the kernel projection's weight and bias
+    gradients are added into ``g_weight`` and ``g_bias`` when given."""
+    rows, time, dim = u.shape
     heads = spec.heads
-    s = u.view(batch, time, heads, dim // heads)
-    gv = g.view(batch, time, heads, dim // heads)
+    s = u.view(rows, time, heads, dim // heads)
+    gv = g.view(rows, time, heads, dim // heads)
     g_s = torch.zeros_like(s)
-    g_weight = torch.zeros(weight.shape, dtype=u.dtype, device=u.device)
-    g_bias = torch.zeros(bias.shape, dtype=u.dtype, device=u.device)
     w_cast = weight.to(u.dtype)
-    for index, t0, t1 in _slices(time, time_chunk(time, dim, spec, batch)):
+    for index, t0, t1 in chunk.slices:
         probs, keep, w = _slice_kernels(u, weight, bias, spec, index, t0, t1)
         g_w = torch.zeros_like(probs)
         for j, a, b in _taps(spec, t0, t1, time):
@@ -153,13 +197,14 @@ def _convolve_backward(g: Tensor, u: Tensor, weight: Tensor, bias: Tensor, spec:
             g_w.masked_fill_(keep.logical_not(), 0.0).mul_(keep_scale(spec.p))
         # softmax backward in place: probs * (g_w - <g_w, probs>)
         dot = (g_w.unsqueeze(-2) @ probs.unsqueeze(-1)).squeeze(-1)
-        g_logits = g_w.sub_(dot).mul_(probs).view(batch, t1 - t0, -1).to(u.dtype)
+        g_logits = g_w.sub_(dot).mul_(probs).view(rows, t1 - t0, -1).to(u.dtype)
         del probs
-        g_s[:, t0:t1].view(batch, t1 - t0, dim).add_(g_logits @ w_cast)
-        if weights:
-            g_weight += g_logits.reshape(-1, g_logits.size(-1)).t() @ u[:, t0:t1].reshape(-1, dim)
+        g_s[:, t0:t1].view(rows, t1 - t0, dim).add_(g_logits @ w_cast)
+        if g_weight is not None and g_bias is not None:
+            g_weight.addmm_(g_logits.reshape(-1, g_logits.size(-1)).t(),
+                            u[:, t0:t1].reshape(-1, dim))
             g_bias += g_logits.sum(dim=(0, 1))
-    return g_s.view(batch, time, dim), *((g_weight, g_bias) if weights else (None, None))
+    return g_s.view(rows, time, dim)
 
 
 def _glu_input(x: Tensor, w_in: Tensor, b_in: Tensor, pad: Tensor | None) -> tuple[Tensor, Tensor]:
@@ -171,9 +216,25 @@ def _glu_input(x: Tensor, w_in: Tensor, b_in: Tensor, pad: Tensor | None) -> tup
     return h, u
 
 
+def _glu_backward_(h: Tensor, g_u: Tensor) -> Tensor:
+    """The gradient to the GLU input ``h`` = (a, b) for ``u = a * sigmoid(b)``, computed in
+    ``h``'s storage (``g_u`` is overwritten): g_a = g_u * s, g_b = a * g_u * s * (1 - s)."""
+    a, b = h.chunk(2, dim=-1)
+    b.sigmoid_()
+    a.mul_(g_u).mul_(b)  # a * g_u * s
+    g_u.mul_(b)  # g_a
+    b.mul_(a).neg_().add_(a)  # a * g_u * s - a * g_u * s * s
+    a.copy_(g_u)
+    return h
+
+
 def _compute_dtype(x: Tensor) -> torch.dtype:
     device = x.device.type
     return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
+
+
+def _rows(t: Tensor | None, chunk: Chunk) -> Tensor | None:
+    return None if t is None else t[chunk.r0:chunk.r1]
 
 
 class DynamicConvBlock(torch.autograd.Function):
@@ -185,13 +246,19 @@ class DynamicConvBlock(torch.autograd.Function):
                 w_k: Tensor, b_k: Tensor, w_out: Tensor, b_out: Tensor,
                 spec: KernelSpec) -> Tensor:
         dtype = _compute_dtype(x)
+        batch, time, dim = x.shape
         with torch.autocast(x.device.type, enabled=False):
-            xc = x.to(dtype)
-            _, u = _glu_input(xc, w_in, b_in, pad)
-            c = convolve(u, u, w_k, b_k, spec)
-            del u
+            c = x.new_zeros(batch, time, dim, dtype=dtype)
+            for chunk in layout(batch, time, dim, spec):
+                xc = x[chunk.r0:chunk.r1].to(dtype)
+                u = _glu_input(xc, w_in, b_in, _rows(pad, chunk))[1]
+                _convolve_chunk(u, u, w_k, b_k, spec, chunk, c[chunk.r0:chunk.r1])
+                del u
             y = F.linear(c, w_out.to(dtype), b_out.to(dtype))
-        fctx.save_for_backward(x, pad, w_in, b_in, w_k, b_k, w_out, b_out, c)
+        # c serves only the output projection's weight gradient: not kept when the weights are
+        # frozen (an alpha step)
+        weights = any(fctx.needs_input_grad[2:8])
+        fctx.save_for_backward(x, pad, w_in, b_in, w_k, b_k, w_out, b_out, c if weights else None)
         fctx.spec, fctx.dtype = spec, dtype
         return y
 
@@ -200,36 +267,42 @@ class DynamicConvBlock(torch.autograd.Function):
     def backward(fctx: Any, g_y: Tensor) -> tuple[Tensor | None, ...]:
         x, pad, w_in, b_in, w_k, b_k, w_out, b_out, c = fctx.saved_tensors
         dtype, spec = fctx.dtype, fctx.spec
+        batch, time, dim = x.shape
+        weights = any(fctx.needs_input_grad[2:8])  # frozen in an alpha step: skipped
+        params = (w_in, b_in, w_k, b_k, w_out, b_out)
+        grads = [torch.zeros(p.shape, dtype=dtype, device=x.device) if weights else None
+                 for p in params]
+        g_w_in, g_b_in, g_w_k, g_b_k, g_w_out, g_b_out = grads
+        g_x: Tensor | None = None
         with torch.autocast(x.device.type, enabled=False):
-            g_y = g_y.to(dtype)
-            dim = c.size(-1)
-            weights = any(fctx.needs_input_grad[2:8])  # frozen in an alpha step: skipped
-            g_w_out = g_y.reshape(-1, dim).t() @ c.reshape(-1, dim) if weights else None
-            g_b_out = g_y.sum(dim=(0, 1)) if weights else None
-            g_c = g_y @ w_out.to(dtype)
-            del c
-            xc = x.to(dtype)
-            h, u = _glu_input(xc, w_in, b_in, pad)
-            g_u, g_w_k, g_b_k = _convolve_backward(g_c, u, w_k, b_k, spec, weights)
-            del g_c, u
-            if pad is not None:
-                g_u.masked_fill_(pad.unsqueeze(-1), 0.0)
-            # GLU backward in h's storage, u = a * s with s = sigmoid(b):
-            # g_a = g_u * s and g_b = a * g_u * s * (1 - s)
-            a, b = h.chunk(2, dim=-1)
-            b.sigmoid_()
-            a.mul_(g_u).mul_(b)  # a * g_u * s
-            g_u.mul_(b)  # g_a
-            b.mul_(a).neg_().add_(a)  # a * g_u * s - a * g_u * s * s
-            a.copy_(g_u)
-            del g_u
-            g_h = h
-            g_x = g_h @ w_in.to(dtype) if fctx.needs_input_grad[0] else None
-            if not weights:
-                return g_x, None, None, None, None, None, None, None, None
-            g_w_in = g_h.reshape(-1, 2 * dim).t() @ xc.reshape(-1, dim)
-            g_b_in = g_h.sum(dim=(0, 1))
-            grads = (g_w_in, g_b_in, g_w_k, g_b_k, g_w_out, g_b_out)
-            params = (w_in, b_in, w_k, b_k, w_out, b_out)
-        return (None if g_x is None else g_x.to(x.dtype), None,
-                *(g.to(p.dtype) for g, p in zip(grads, params)), None)
+            w_out_c, w_in_c = w_out.to(dtype), w_in.to(dtype)
+            for chunk in layout(batch, time, dim, spec):
+                g_yc = g_y[chunk.r0:chunk.r1].to(dtype)
+                if g_w_out is not None and g_b_out is not None:
+                    g_w_out.addmm_(g_yc.reshape(-1, dim).t(),
+                                   c[chunk.r0:chunk.r1].reshape(-1, dim))
+                    g_b_out += g_yc.sum(dim=(0, 1))
+                g_c = g_yc @ w_out_c
+                del g_yc
+                xc = x[chunk.r0:chunk.r1].to(dtype)
+                h, u = _glu_input(xc, w_in, b_in, _rows(pad, chunk))
+                g_u = _convolve_backward(g_c, u, w_k, b_k, spec, chunk, g_w_k, g_b_k)
+                del g_c, u
+                if pad is not None:
+                    g_u.masked_fill_(pad[chunk.r0:chunk.r1].unsqueeze(-1), 0.0)
+                g_h = _glu_backward_(h, g_u)
+                del g_u
+                if fctx.needs_input_grad[0]:
+                    if g_x is None:  # allocated with the first chunk's g_h, not before it
+                        g_x = torch.empty(x.shape, dtype=dtype, device=x.device)
+                    torch.mm(g_h.view(-1, 2 * dim), w_in_c,
+                             out=g_x[chunk.r0:chunk.r1].view(-1, dim))
+                if g_w_in is not None and g_b_in is not None:
+                    g_w_in.addmm_(g_h.view(-1, 2 * dim).t(), xc.reshape(-1, dim))
+                    g_b_in += g_h.sum(dim=(0, 1))
+                del g_h, xc
+        g_x = None if g_x is None else g_x.to(x.dtype)
+        if not weights:
+            return g_x, None, None, None, None, None, None, None, None
+        return (g_x, None, *(g.to(p.dtype) for g, p in zip(grads, params)  # type: ignore[union-attr]
+                             ), None)
