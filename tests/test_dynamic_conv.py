@@ -11,26 +11,28 @@ from nasframe.memory import allocated_peak_bytes, saved_bytes
 from nasframe.ops import Context, create_op, dynconv_fn
 from nasframe.ops.conv import DynamicConv
 from nasframe.ops.dropout import keep_scale
-from nasframe.ops.dynconv_fn import weight_mask
+from nasframe.ops.dynconv_fn import block_masks
 
 
 def unfold_reference(block: DynamicConv, x: Tensor, pad: Tensor | None) -> Tensor:
-    """The previous implementation: every position's window materialised with ``unfold``."""
+    """The previous implementation: every position's window materialised with ``unfold``,
+    with the block's dropout masks."""
     u = F.glu(block.input_proj(x), dim=-1)
     if pad is not None:
         u = u.masked_fill(pad.unsqueeze(-1), 0.0)
     left = block.kernel - 1 if block.causal else block.kernel // 2
     seq = F.pad(u, (0, 0, left, block.kernel - 1 - left))
     batch, time, dim = u.shape
-    spec = block.spec(left)  # draws the weight-dropout seed as the block does
+    spec = block.spec(left)  # draws the dropout seed as the block does
     weights = block.kernels(u)
-    keep = weight_mask(spec, batch, time, dim, u.device)  # the block's, piece by piece
+    keep, out_keep = block_masks(spec, batch, time, dim, u.device)
     if keep is not None:
         weights = weights * keep * keep_scale(spec.p)
     windows = seq.unfold(1, block.kernel, 1)
     windows = windows.reshape(batch, time, block.heads, dim // block.heads, block.kernel)
     out = torch.einsum("bthck,bthk->bthc", windows, weights).reshape(batch, time, dim)
-    return block.output_proj(out)
+    y = block.output_proj(out)
+    return y if out_keep is None else y * out_keep * keep_scale(spec.out_p)
 
 
 @pytest.mark.parametrize("kernel,heads,causal", [(3, 2, False), (7, 4, True), (31, 8, False),
@@ -41,7 +43,8 @@ def test_outputs_and_gradients_equal_the_unfold_version_float64(
         kernel: int, heads: int, causal: bool, train: bool, pieces: str,
         monkeypatch: pytest.MonkeyPatch) -> None:
     if pieces == "many":  # chunks of sentences and slices of time, each seeding its own mask
-        monkeypatch.setattr(dynconv_fn, "MIN_SLICE", 0)
+        for floor in ("MIN_CHUNK", "MIN_SLICE"):
+            monkeypatch.setattr(dynconv_fn, floor, 0)
         monkeypatch.setattr(dynconv_fn, "PIECE_FRACTION", 3)
     torch.manual_seed(0)
     op = create_op("dynamic_conv", 16, causal=causal, dropout=0.3, kernel=kernel,
@@ -94,14 +97,15 @@ def kept_and_peak(kernel: int, dim: int = 48) -> tuple[float, float]:
 
 
 def test_kept_memory_is_flat_in_the_kernel_and_under_4x(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(dynconv_fn, "MIN_SLICE", 0)  # pieces by the input's size alone
+    for floor in ("MIN_CHUNK", "MIN_SLICE"):  # pieces by the input's size alone
+        monkeypatch.setattr(dynconv_fn, floor, 0)
     ratios = {k: kept_and_peak(k) for k in (3, 7, 11, 15, 31)}
     print("kept / input, peak / input:", ratios)
     kept = [r[0] for r in ratios.values()]
-    # the input, the convolution output, the residual's bool dropout mask, the norm's input
-    assert max(kept) <= 4
+    # the input and the norm's input: the rest is recomputed, the dropout masks are seeds
+    assert max(kept) <= 2.1
     assert max(kept) - min(kept) <= 0.01  # no (.., kernel) tensor kept: the mask is a seed
-    # the GLU and the kernels are built a piece (an eighth of the input) at a time: the peak
+    # the GLU and the kernels are built a piece (a sixteenth of the input) at a time: the peak
     # is the output, its gradient through the norm and the dropout, the convolution output,
     # the input gradient and the pieces (11.9-13.7 inputs when one slice held every sentence)
     assert max(r[1] for r in ratios.values()) <= 8
@@ -110,17 +114,28 @@ def test_kept_memory_is_flat_in_the_kernel_and_under_4x(monkeypatch: pytest.Monk
     assert ratios[31][1] - ratios[3][1] <= 1.5
 
 
-def test_alpha_step_keeps_no_convolution_output() -> None:
+@pytest.mark.parametrize("frozen", [False, True])
+@pytest.mark.parametrize("pieces", ["one", "many"])
+def test_the_block_keeps_only_its_input(frozen: bool, pieces: str,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    if pieces == "many":
+        for floor in ("MIN_CHUNK", "MIN_SLICE"):
+            monkeypatch.setattr(dynconv_fn, floor, 0)
     torch.manual_seed(0)
     op = create_op("dynamic_conv", 48, causal=False, dropout=0.1, kernel=7).train()
     x = torch.randn(8, 32, 48, requires_grad=True)
     params = list(op.parameters())
-    kept = saved_bytes(lambda: op(x, Context()), exclude=params).bytes
     for p in params:
-        p.requires_grad_(False)
-    frozen = saved_bytes(lambda: op(x, Context()), exclude=params).bytes
-    # only the output projection's weight gradient reads the convolution output
-    assert kept - frozen == x.nbytes
+        p.requires_grad_(not frozen)  # frozen: an alpha step
+    block = saved_bytes(lambda: op.sublayer(x, Context()), exclude=params).bytes
+    whole = saved_bytes(lambda: op(x, Context()), exclude=params).bytes
+    # the convolution output and both dropout masks are recomputed or redrawn in backward;
+    # an input under the floor (one piece) keeps the convolution output for the weight
+    # gradient instead, which an alpha step does not need
+    conv_output = x.nbytes if pieces == "one" and not frozen else 0
+    assert block == x.nbytes + conv_output
+    # the candidate adds the norm's input and its per-position mean and inverse deviation
+    assert whole == block + x.nbytes + 2 * 8 * 32 * 4
 
 
 def test_alpha_step_skips_the_weight_gradients() -> None:
@@ -141,7 +156,8 @@ def test_alpha_step_skips_the_weight_gradients() -> None:
 
 def test_layout_covers_every_position_once_within_its_budget(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(dynconv_fn, "MIN_SLICE", 0)
+    for floor in ("MIN_CHUNK", "MIN_SLICE"):
+        monkeypatch.setattr(dynconv_fn, floor, 0)
     for batch, time, dim, heads, kernel in [(16, 64, 48, 8, 31), (3, 9, 16, 2, 7), (1, 5, 8, 2, 3),
                                              (7, 40, 24, 4, 15)]:
         spec = dynconv_fn.KernelSpec(heads, kernel, kernel // 2)

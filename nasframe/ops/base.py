@@ -85,12 +85,20 @@ class Residual(Operation):
     second copy of the input to the stream at every layer and makes F_i's output O(1) whatever
     the op does, so the stream grows with depth and an op cannot start as a near-identity.
     All three have the same parameters, so a checkpoint loads under any of them.
+
+    The dropout falls on the sublayer's output in every style, so a sublayer may apply it
+    itself: one with ``take_output_dropout(p) -> bool`` that returns True gets ``p`` and the
+    residual applies none (``DynamicConv`` does, to redraw its mask from a seed instead of
+    keeping it).
     """
 
     def __init__(self, dim: int, sublayer: nn.Module, dropout: float,
                  style: NormStyle = "post") -> None:
         super().__init__()
         self.sublayer = sublayer
+        take = getattr(sublayer, "take_output_dropout", None)
+        if dropout > 0 and callable(take) and take(dropout):
+            dropout = 0.0
         self.dropout = Dropout(dropout)
         self.norm = nn.LayerNorm(dim)
         self.style = check_norm_style(style)

@@ -25,6 +25,7 @@ from nasframe.errors import NasframeError, SpaceError
 from nasframe.ops.attention import check_heads, check_mask
 from nasframe.ops.base import Context, Operation, Residual, register_op, zeros_at_padding
 from nasframe.ops.dropout import Dropout
+from nasframe.ops.dropout import dropout as drop
 from nasframe.ops.dynconv_fn import DynamicConvBlock, KernelSpec, convolve
 
 __all__ = ["ConvBlock", "DynamicConv", "StandardConv", "check_kernel", "conv", "dynamic_conv"]
@@ -109,10 +110,10 @@ class DynamicConv(ConvBlock):
 
     In training and scoring the whole block (input projection, GLU, kernels, convolution,
     output projection) runs as one autograd function, ``DynamicConvBlock``
-    (``nasframe.ops.dynconv_fn``): it keeps its input, the convolution output and a seed for the
-    weight-dropout mask, never builds the (time, channels, kernel) window, and works in pieces
-    (chunks of sentences, slices of time), so no recomputed tensor outgrows an eighth of the
-    input (or 512 KiB).
+    (``nasframe.ops.dynconv_fn``): it keeps its input and a seed for its dropout masks, never
+    builds the (time, channels, kernel) window, and works in pieces (chunks of sentences, slices
+    of time), so no recomputed tensor outgrows a sixteenth of the input (or a floor). It also
+    applies its residual's dropout (``take_output_dropout``), so that mask is a seed too.
     """
 
     op_name = "dynamic_conv"
@@ -122,6 +123,12 @@ class DynamicConv(ConvBlock):
         self.heads = heads
         self.kernel_proj = nn.Linear(dim, heads * kernel)
         self.weight_dropout = Dropout(dropout)  # its p; the mask comes from ``spec``
+        self.output_dropout = 0.0  # the residual's, once it hands it over
+
+    def take_output_dropout(self, p: float) -> bool:
+        """Apply the residual's dropout ``p`` to the block's output here (see ``Residual``)."""
+        self.output_dropout = p
+        return True
 
     def kernels(self, u: Tensor) -> Tensor:
         """The kernels for the inputs ``u``: (batch, time, heads, kernel), each summing to one."""
@@ -131,20 +138,23 @@ class DynamicConv(ConvBlock):
     def spec(self, offset: int) -> KernelSpec:
         """The kernel settings, with a weight-dropout seed drawn from torch's default CPU
         generator in training (so seeding and the engine's replay reproduce the mask)."""
-        p = self.weight_dropout.p if self.weight_dropout.training else 0.0
-        seed = int(torch.randint(0, 2**62, (1,)).item()) if p > 0 else None
-        return KernelSpec(self.heads, self.kernel, offset, p, seed)
+        p = self.weight_dropout.p if self.training else 0.0
+        out_p = self.output_dropout if self.training else 0.0
+        seed = int(torch.randint(0, 2**62, (1,)).item()) if p > 0 or out_p > 0 else None
+        return KernelSpec(self.heads, self.kernel, offset, p, seed, out_p)
 
     def forward(self, x: Tensor, ctx: Context) -> Tensor:
         padding = check_mask(self.op_name, ctx.padding_mask, x, "ctx.padding_mask")
         if ctx.state is None:
             offset = self.kernel - 1 if self.causal else self.kernel // 2
             return DynamicConvBlock.apply(
-                x, padding, self.input_proj.weight, self.input_proj.bias,
+                x, None if ctx.padding_mask is None else padding,
+                self.input_proj.weight, self.input_proj.bias,
                 self.kernel_proj.weight, self.kernel_proj.bias,
                 self.output_proj.weight, self.output_proj.bias, self.spec(offset))
         u = zeros_at_padding(F.glu(self.input_proj(x), dim=-1), padding)
-        return self.output_proj(self.convolve(self.with_neighbours(u, ctx), u))
+        y = self.output_proj(self.convolve(self.with_neighbours(u, ctx), u))
+        return drop(y, self.output_dropout, self.training)
 
     def convolve(self, seq: Tensor, u: Tensor) -> Tensor:
         return self.convolve_from(seq, u, 0)

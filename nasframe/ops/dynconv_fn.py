@@ -1,20 +1,24 @@
 """The dynamic convolution block as one autograd function that keeps almost nothing.
 
 ``DynamicConv`` computes ``Linear(dim, 2 dim) -> GLU -> dynamic convolution -> Linear(dim, dim)``
-(Wu et al., 2019). Written with ordinary autograd it keeps the GLU input (2x its input), the
-GLU output (1x), the convolution output (1x) and, for the kernels, (batch, time, heads, kernel)
-tensors whose size grows with the kernel: 5.2x the input per tensor at width 48 with 8 heads and
-kernel 31. ``DynamicConvBlock`` keeps only its input ``x`` (which the caller holds anyway), the
-convolution output (when the weights need gradients: not in an alpha step) and one int64 seed,
-and recomputes the rest in backward:
+(Wu et al., 2019), followed by its residual's dropout. Written with ordinary autograd it keeps
+the GLU input (2x its input), the GLU output (1x), the convolution output (1x), the dropout
+mask and, for the kernels, (batch, time, heads, kernel) tensors whose size grows with the
+kernel: 5.2x the input per tensor at width 48 with 8 heads and kernel 31.
+``DynamicConvBlock`` keeps only its input ``x`` (which the caller holds anyway) and one int64
+seed, and recomputes the rest in backward:
 
 - the work is split into pieces (``layout``): chunks of sentences, each cut into slices of
-  time, so the GLU of a chunk and the kernels of a slice are never larger than an eighth of
-  the input (``PIECE_FRACTION``), or ``MIN_SLICE`` elements where that is larger, in forward
-  or backward;
-- the GLU is recomputed from ``x`` (one matmul per chunk), and the input gradient is written
-  chunk by chunk into one tensor;
-- the weight-dropout mask of each piece is redrawn from the seed, not stored;
+  time, so the GLU and convolution output of a chunk and the kernels of a slice are never
+  larger than a sixteenth of the input (``PIECE_FRACTION``), or than a floor (``MIN_CHUNK``,
+  ``MIN_SLICE``) where that is larger, in forward or backward;
+- the GLU and the convolution are recomputed chunk by chunk (the convolution output only
+  serves the output projection's weight gradient, so an alpha step skips it), and the input
+  gradient is written chunk by chunk into one tensor; an input under the chunk floor (one
+  chunk, at most 256 KiB) keeps its convolution output instead, which saves the recomputation
+  where memory does not count;
+- the weight-dropout mask of each slice and the output-dropout mask of each chunk are
+  redrawn from the seed, never stored;
 - the convolution sums the kernel taps of shifted inputs in place and never builds the
   (time, channels, kernel) window.
 
@@ -34,38 +38,44 @@ from torch.autograd.function import once_differentiable
 
 from nasframe.ops.dropout import keep_mask, keep_scale
 
-__all__ = ["DynamicConvBlock", "KernelSpec", "Chunk", "convolve", "layout", "weight_keep",
-           "weight_mask"]
+__all__ = ["DynamicConvBlock", "KernelSpec", "Chunk", "block_masks", "convolve", "layout",
+           "output_keep", "weight_keep"]
 
 
 @dataclass(frozen=True)
 class KernelSpec:
     """How the kernels are made: ``heads`` groups, ``kernel`` taps, output t reading
-    ``src[t + j - offset]`` at tap j, weight dropout ``p`` drawn from ``seed`` (None: no
-    dropout)."""
+    ``src[t + j - offset]`` at tap j, weight dropout ``p``; ``out_p`` is the dropout on the
+    block's output (its residual's, which the block applies so that its mask is a seed too).
+    Both masks are drawn from ``seed`` (None: no dropout)."""
 
     heads: int
     kernel: int
     offset: int
     p: float = 0.0
     seed: int | None = None
+    out_p: float = 0.0
 
 
-# No piece is made smaller than this many elements (512 KiB in float32): below it the Python
-# loop over pieces and taps costs more time than the memory it saves (2^16 made a 32x24x120
-# block 10-19% slower than 2^17; 2^18 peaked 0.9-1.3 inputs higher at 64x64x240).
-MIN_SLICE = 1 << 17
-# Above that floor, a chunk's (rows, time, dim) tensors and a slice's (rows, slice, heads,
-# kernel) tensors are at most this fraction of the input.
-PIECE_FRACTION = 8
+# Pieces are never made smaller than these (in elements): below them the Python loop over
+# pieces and taps costs more time than the memory it saves. A chunk's (rows, time, dim)
+# tensors: 2^16 (256 KiB in float32); a slice's (rows, slice, heads, kernel) kernels: 2^18
+# (1 MiB), as kernel 31 at width 24 ran 1.3x slower with two slices than with one.
+MIN_CHUNK = 1 << 16
+MIN_SLICE = 1 << 18
+# Above those floors, chunks and slices are at most this fraction of the input.
+PIECE_FRACTION = 16
+_OUTPUT_STREAM = 1 << 62  # output-dropout seeds: spec.seed (< 2^62) + this + chunk number
 _SHORT_SOFTMAX = 24  # below this kernel size the CPU softmax is computed by hand
 
 
 @dataclass(frozen=True)
 class Chunk:
-    """Sentences ``r0:r1``, cut into time slices ``(index, t0, t1)``; ``index`` numbers the
-    slices of the whole layout and seeds each slice's weight-dropout mask."""
+    """Chunk ``number``: sentences ``r0:r1`` (its output-dropout mask), cut into time slices
+    ``(index, t0, t1)``; ``index`` numbers the slices of the whole layout (their
+    weight-dropout masks)."""
 
+    number: int
     r0: int
     r1: int
     slices: tuple[tuple[int, int, int], ...]
@@ -73,16 +83,16 @@ class Chunk:
 
 def layout(batch: int, time: int, dim: int, spec: KernelSpec) -> list[Chunk]:
     """The pieces the block works in: forward, backward and ``weight_mask`` share them."""
-    budget = max(-(-batch * time * dim // PIECE_FRACTION), MIN_SLICE)
-    rows = min(batch, max(1, budget // max(1, time * dim)))
-    step = min(time, max(1, budget // (rows * spec.heads * spec.kernel)))
+    budget = -(-batch * time * dim // PIECE_FRACTION)
+    rows = min(batch, max(1, max(budget, MIN_CHUNK) // max(1, time * dim)))
+    step = min(time, max(1, max(budget, MIN_SLICE) // (rows * spec.heads * spec.kernel)))
     chunks, index = [], 0
     for r0 in range(0, batch, rows):
         slices = []
         for t0 in range(0, time, step):
             slices.append((index, t0, min(time, t0 + step)))
             index += 1
-        chunks.append(Chunk(r0, min(batch, r0 + rows), tuple(slices)))
+        chunks.append(Chunk(len(chunks), r0, min(batch, r0 + rows), tuple(slices)))
     return chunks
 
 
@@ -96,18 +106,31 @@ def weight_keep(spec: KernelSpec, rows: int, t0: int, t1: int, index: int,
     return keep_mask((rows, t1 - t0, spec.heads, spec.kernel), spec.p, device, generator)
 
 
-def weight_mask(spec: KernelSpec, batch: int, time: int, dim: int,
+def output_keep(spec: KernelSpec, chunk: Chunk, time: int, dim: int,
                 device: torch.device) -> Tensor | None:
-    """The whole (batch, time, heads, kernel) keep mask the block uses, assembled from its
-    pieces (for references and tests; the block itself never builds it)."""
-    if spec.seed is None or spec.p == 0.0:
+    """The output-dropout keep mask of ``chunk`` (rows, time, dim), redrawn from the seed."""
+    if spec.seed is None or spec.out_p == 0.0:
         return None
-    rows = []
+    generator = torch.Generator(device=device).manual_seed(
+        spec.seed + _OUTPUT_STREAM + chunk.number)
+    return keep_mask((chunk.r1 - chunk.r0, time, dim), spec.out_p, device, generator)
+
+
+def block_masks(spec: KernelSpec, batch: int, time: int, dim: int,
+                device: torch.device) -> tuple[Tensor | None, Tensor | None]:
+    """The whole weight-dropout (batch, time, heads, kernel) and output-dropout (batch, time,
+    dim) keep masks the block uses (None: no such dropout), assembled from its pieces: for
+    references and tests, the block itself never builds them."""
+    weight, output = [], []
     for chunk in layout(batch, time, dim, spec):
         n = chunk.r1 - chunk.r0
-        rows.append(torch.cat([weight_keep(spec, n, t0, t1, i, device)  # type: ignore[misc]
-                               for i, t0, t1 in chunk.slices], dim=1))
-    return torch.cat(rows, dim=0)
+        keeps = [weight_keep(spec, n, t0, t1, i, device) for i, t0, t1 in chunk.slices]
+        if keeps[0] is not None:
+            weight.append(torch.cat(keeps, dim=1))  # type: ignore[arg-type]
+        out = output_keep(spec, chunk, time, dim, device)
+        if out is not None:
+            output.append(out)
+    return (torch.cat(weight) if weight else None), (torch.cat(output) if output else None)
 
 
 def _kernels(u: Tensor, weight: Tensor, bias: Tensor, spec: KernelSpec) -> Tensor:
@@ -175,14 +198,17 @@ def convolve(src: Tensor, u: Tensor, weight: Tensor, bias: Tensor, spec: KernelS
 
 
 def _convolve_backward(g: Tensor, u: Tensor, weight: Tensor, bias: Tensor, spec: KernelSpec,
-                       chunk: Chunk, g_weight: Tensor | None, g_bias: Tensor | None) -> Tensor:
+                       chunk: Chunk, g_weight: Tensor | None, g_bias: Tensor | None,
+                       c: Tensor | None = None) -> Tensor:
     """For one chunk: the gradient of ``convolve(u, u, ...)`` to u (as the source and as the
     kernels' input) for the output gradient ``g``; the kernel projection's weight and bias
-    gradients are added into ``g_weight`` and ``g_bias`` when given."""
+    gradients are added into ``g_weight`` and ``g_bias`` when given, and the convolution
+    itself into ``c`` (zeros) when given, from the kernels backward builds anyway."""
     rows, time, dim = u.shape
     heads = spec.heads
     s = u.view(rows, time, heads, dim // heads)
     gv = g.view(rows, time, heads, dim // heads)
+    cv = None if c is None else c.view(rows, time, heads, dim // heads)
     g_s = torch.zeros_like(s)
     w_cast = weight.to(u.dtype)
     for index, t0, t1 in chunk.slices:
@@ -190,6 +216,8 @@ def _convolve_backward(g: Tensor, u: Tensor, weight: Tensor, bias: Tensor, spec:
         g_w = torch.zeros_like(probs)
         for j, a, b in _taps(spec, t0, t1, time):
             shifted = slice(a + j - spec.offset, b + j - spec.offset)
+            if cv is not None:  # the forward's sum, in the forward's order
+                cv[:, a:b].addcmul_(s[:, shifted], w[:, a - t0:b - t0, :, j, None])
             g_s[:, shifted].addcmul_(gv[:, a:b], w[:, a - t0:b - t0, :, j, None])
             g_w[:, a - t0:b - t0, :, j] = torch.linalg.vecdot(gv[:, a:b], s[:, shifted])
         del w
@@ -238,8 +266,8 @@ def _rows(t: Tensor | None, chunk: Chunk) -> Tensor | None:
 
 
 class DynamicConvBlock(torch.autograd.Function):
-    """``output_proj(convolve(u, u)) with u = GLU(input_proj(x))`` zeroed at padding; keeps
-    ``x``, the convolution output and the seed (see the module docstring)."""
+    """``dropout(output_proj(convolve(u, u)))`` with ``u = GLU(input_proj(x))`` zeroed at
+    padding; keeps ``x`` and the seed (see the module docstring)."""
 
     @staticmethod
     def forward(fctx: Any, x: Tensor, pad: Tensor | None, w_in: Tensor, b_in: Tensor,
@@ -247,25 +275,35 @@ class DynamicConvBlock(torch.autograd.Function):
                 spec: KernelSpec) -> Tensor:
         dtype = _compute_dtype(x)
         batch, time, dim = x.shape
+        chunks = layout(batch, time, dim, spec)
+        # One chunk means an input under the floor, where time counts and memory does not: the
+        # convolution output is kept for the weight gradient instead of recomputed.
+        keep_c = len(chunks) == 1 and any(fctx.needs_input_grad[6:8])
         with torch.autocast(x.device.type, enabled=False):
-            c = x.new_zeros(batch, time, dim, dtype=dtype)
-            for chunk in layout(batch, time, dim, spec):
-                xc = x[chunk.r0:chunk.r1].to(dtype)
-                u = _glu_input(xc, w_in, b_in, _rows(pad, chunk))[1]
-                _convolve_chunk(u, u, w_k, b_k, spec, chunk, c[chunk.r0:chunk.r1])
+            y = x.new_empty(batch, time, dim, dtype=dtype)
+            w_out_c, b_out_c = w_out.to(dtype), b_out.to(dtype)
+            for chunk in chunks:
+                rows = slice(chunk.r0, chunk.r1)
+                u = _glu_input(x[rows].to(dtype), w_in, b_in, _rows(pad, chunk))[1]
+                c = torch.zeros_like(u)
+                _convolve_chunk(u, u, w_k, b_k, spec, chunk, c)
                 del u
-            y = F.linear(c, w_out.to(dtype), b_out.to(dtype))
-        # c serves only the output projection's weight gradient: not kept when the weights are
-        # frozen (an alpha step)
-        weights = any(fctx.needs_input_grad[2:8])
-        fctx.save_for_backward(x, pad, w_in, b_in, w_k, b_k, w_out, b_out, c if weights else None)
+                y_rows = y[rows]
+                torch.addmm(b_out_c, c.view(-1, dim), w_out_c.t(), out=y_rows.view(-1, dim))
+                if not keep_c:
+                    del c
+                keep = output_keep(spec, chunk, time, dim, x.device)
+                if keep is not None:
+                    y_rows.mul_(keep).mul_(keep_scale(spec.out_p))
+        fctx.save_for_backward(x, pad, w_in, b_in, w_k, b_k, w_out, b_out,
+                               c if keep_c else None)
         fctx.spec, fctx.dtype = spec, dtype
         return y
 
     @staticmethod
     @once_differentiable
     def backward(fctx: Any, g_y: Tensor) -> tuple[Tensor | None, ...]:
-        x, pad, w_in, b_in, w_k, b_k, w_out, b_out, c = fctx.saved_tensors
+        x, pad, w_in, b_in, w_k, b_k, w_out, b_out, kept_c = fctx.saved_tensors
         dtype, spec = fctx.dtype, fctx.spec
         batch, time, dim = x.shape
         weights = any(fctx.needs_input_grad[2:8])  # frozen in an alpha step: skipped
@@ -277,26 +315,32 @@ class DynamicConvBlock(torch.autograd.Function):
         with torch.autocast(x.device.type, enabled=False):
             w_out_c, w_in_c = w_out.to(dtype), w_in.to(dtype)
             for chunk in layout(batch, time, dim, spec):
-                g_yc = g_y[chunk.r0:chunk.r1].to(dtype)
-                if g_w_out is not None and g_b_out is not None:
-                    g_w_out.addmm_(g_yc.reshape(-1, dim).t(),
-                                   c[chunk.r0:chunk.r1].reshape(-1, dim))
-                    g_b_out += g_yc.sum(dim=(0, 1))
+                rows = slice(chunk.r0, chunk.r1)
+                g_yc = g_y[rows].to(dtype)
+                keep = output_keep(spec, chunk, time, dim, x.device)
+                if keep is not None:
+                    g_yc = g_yc.mul(keep).mul_(keep_scale(spec.out_p))
                 g_c = g_yc @ w_out_c
-                del g_yc
-                xc = x[chunk.r0:chunk.r1].to(dtype)
+                xc = x[rows].to(dtype)
                 h, u = _glu_input(xc, w_in, b_in, _rows(pad, chunk))
-                g_u = _convolve_backward(g_c, u, w_k, b_k, spec, chunk, g_w_k, g_b_k)
+                # the convolution output, for the output projection's weight gradient only,
+                # is recomputed here (from the kernels backward builds anyway) unless kept
+                c = kept_c if kept_c is not None or not weights else torch.zeros_like(u)
+                g_u = _convolve_backward(g_c, u, w_k, b_k, spec, chunk, g_w_k, g_b_k,
+                                         None if kept_c is not None else c)
                 del g_c, u
+                if g_w_out is not None and g_b_out is not None and c is not None:
+                    g_w_out.addmm_(g_yc.reshape(-1, dim).t(), c.view(-1, dim))
+                    g_b_out += g_yc.sum(dim=(0, 1))
+                del g_yc, c
                 if pad is not None:
-                    g_u.masked_fill_(pad[chunk.r0:chunk.r1].unsqueeze(-1), 0.0)
+                    g_u.masked_fill_(pad[rows].unsqueeze(-1), 0.0)
                 g_h = _glu_backward_(h, g_u)
                 del g_u
                 if fctx.needs_input_grad[0]:
                     if g_x is None:  # allocated with the first chunk's g_h, not before it
                         g_x = torch.empty(x.shape, dtype=dtype, device=x.device)
-                    torch.mm(g_h.view(-1, 2 * dim), w_in_c,
-                             out=g_x[chunk.r0:chunk.r1].view(-1, dim))
+                    torch.mm(g_h.view(-1, 2 * dim), w_in_c, out=g_x[rows].view(-1, dim))
                 if g_w_in is not None and g_b_in is not None:
                     g_w_in.addmm_(g_h.view(-1, 2 * dim).t(), xc.reshape(-1, dim))
                     g_b_in += g_h.sum(dim=(0, 1))
