@@ -9,7 +9,8 @@ sentences of the embedded corpus, each word hashed into the vocabulary (no Sente
 is trained for this). The reversible architecture has self-attention and a feed-forward op in
 its splits (and the decoder's fixed cross-attention), as the Transformer's sublayers; the
 Transformer's d is chosen by hand, the multiple of 8 whose parameter count is nearest.
-Timings are paired: the two models alternate within every repetition.
+Timings are paired: the two models alternate within every repetition. On a machine with
+a GPU both models decode on it.
 
     nasframe bench decoding [--d 240] [--sentences 300] [--beams 1 5] [--threads 1] [--quick]
 """
@@ -104,6 +105,7 @@ def run(args: argparse.Namespace) -> None:
                           "Transformer")
     _report.check_d(space, sizes)
     meta = _report.setup(args)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     sources = _sources(args.sentences)
     rows: list[dict[str, Any]] = []
     profiles: dict[str, Any] = {}
@@ -114,6 +116,7 @@ def run(args: argparse.Namespace) -> None:
         models = {"reversible": nf.build_model(reversible_arch(space), cfg, VOCAB).eval()}
         models["transformer"], d_t = transformer_like(_params(models["reversible"]),
                                                       args.blocks, embed)
+        models = {name: model.to(device) for name, model in models.items()}
         widths = {"reversible": d, "transformer": d_t}
         for beam in args.beams:
             opt = DecodeOptions(beam=beam, max_len_a=0.0, max_len_b=args.length)
@@ -126,7 +129,7 @@ def run(args: argparse.Namespace) -> None:
                         out[name] = translate_ids(nets[name], sources, o)
                 return go
 
-            times = _report.paired({n: runner(n) for n in models}, args.repeats)
+            times = _report.paired({n: runner(n) for n in models}, args.repeats, device=device)
             ratio = _report.ratio_summary(times["reversible"], times["transformer"])
             for name, model in models.items():
                 secs = statistics.median(times[name])
@@ -142,7 +145,6 @@ def run(args: argparse.Namespace) -> None:
                 for name, model in models.items():
                     with torch.inference_mode():
                         profiles[f"d={d}, beam {beam}, {name}"] = _profile(model, sources, opt)
-    device = next(models["reversible"].parameters()).device
     meta.update({"device": _report.device_label(device), "weights": "random (untrained)",
                  "sources": f"first {len(sources)} test sentences of lohelp, words hashed",
                  "space": space.name,
