@@ -174,3 +174,21 @@ def test_layout_covers_every_position_once_within_its_budget(
                 assert t1 - t0 == 1 or rows * (t1 - t0) * heads * kernel <= budget
         assert bool((seen == 1).all())
         assert indices == list(range(len(indices)))  # one seed per piece
+
+
+@pytest.mark.parametrize("style", ["post", "pre", "branch"])
+def test_the_residual_hands_its_dropout_to_the_block(style: str) -> None:
+    torch.manual_seed(0)
+    op = create_op("dynamic_conv", 16, causal=True, dropout=0.3, kernel=5, heads=2,
+                   norm=style).double().train()
+    assert op.dropout.p == 0.0 and op.sublayer.output_dropout == 0.3
+    x = torch.randn(3, 9, 16, dtype=torch.float64)
+    torch.manual_seed(7)
+    y = op(x, Context())
+    torch.manual_seed(7)  # the same seed: the block's output masks, applied once
+    inner = op.norm(x) if style != "post" else x
+    f = unfold_reference(op.sublayer, inner, None)
+    expected = {"post": lambda: op.norm(x + f), "pre": lambda: x + f, "branch": lambda: f}[style]()
+    assert (y - expected).abs().max().item() <= 1e-12
+    dropped = (f == 0).double().mean().item()  # one dropout of 0.3, not two (0.51)
+    assert 0.2 < dropped < 0.4

@@ -130,6 +130,10 @@ class DynamicConv(ConvBlock):
         self.output_dropout = p
         return True
 
+    def extra_repr(self) -> str:
+        return (f"kernel={self.kernel}, heads={self.heads}, causal={self.causal}, "
+                f"output_dropout={self.output_dropout}")
+
     def kernels(self, u: Tensor) -> Tensor:
         """The kernels for the inputs ``u``: (batch, time, heads, kernel), each summing to one."""
         batch, time, _ = u.shape

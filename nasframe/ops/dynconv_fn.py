@@ -82,7 +82,7 @@ class Chunk:
 
 
 def layout(batch: int, time: int, dim: int, spec: KernelSpec) -> list[Chunk]:
-    """The pieces the block works in: forward, backward and ``weight_mask`` share them."""
+    """The pieces the block works in: forward, backward and ``block_masks`` share them."""
     budget = -(-batch * time * dim // PIECE_FRACTION)
     rows = min(batch, max(1, max(budget, MIN_CHUNK) // max(1, time * dim)))
     step = min(time, max(1, max(budget, MIN_SLICE) // (rows * spec.heads * spec.kernel)))
