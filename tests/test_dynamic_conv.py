@@ -192,3 +192,32 @@ def test_the_residual_hands_its_dropout_to_the_block(style: str) -> None:
     assert (y - expected).abs().max().item() <= 1e-12
     dropped = (f == 0).double().mean().item()  # one dropout of 0.3, not two (0.51)
     assert 0.2 < dropped < 0.4
+
+
+@pytest.mark.parametrize("kernel,offset,src_extra", [(15, 7, 0), (15, 14, 0), (31, 0, 30),
+                                                     (17, 3, 5)])
+@pytest.mark.parametrize("t0,t1", [(0, 9), (4, 13), (0, 1)])
+def test_the_band_equals_the_taps_float64(kernel: int, offset: int, src_extra: int,
+                                          t0: int, t1: int) -> None:
+    from nasframe.ops.dynconv_band import band_backward, band_forward
+
+    torch.manual_seed(kernel + t0)
+    rows, time, heads, r = 2, 13, 3, 4
+    s = torch.randn(rows, time + src_extra, heads, r, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(rows, t1 - t0, heads, kernel, dtype=torch.float64, requires_grad=True)
+
+    def taps() -> Tensor:  # output t reads s[t + j - offset], zero outside s
+        padded = F.pad(s, (0, 0, 0, 0, kernel, kernel))
+        cols = [padded[:, t + kernel - offset:t + 2 * kernel - offset] for t in range(t0, t1)]
+        window = torch.stack(cols, dim=1)  # (rows, slice, kernel, heads, r)
+        return torch.einsum("btkhr,bthk->bthr", window, w)
+
+    ref = taps()
+    g = torch.randn_like(ref)
+    g_s_ref, g_w_ref = torch.autograd.grad(ref, [s, w], g)
+    out = band_forward(s.detach(), w.detach(), offset, t0, t1)
+    g_s = torch.zeros_like(s)
+    g_w = band_backward(g, s.detach(), w.detach(), offset, t0, t1, g_s)
+    assert (out - ref).abs().max().item() <= 1e-12
+    assert (g_s - g_s_ref).abs().max().item() <= 1e-12
+    assert (g_w - g_w_ref).abs().max().item() <= 1e-12

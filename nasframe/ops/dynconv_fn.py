@@ -20,7 +20,8 @@ seed, and recomputes the rest in backward:
 - the weight-dropout mask of each slice and the output-dropout mask of each chunk are
   redrawn from the seed, never stored;
 - the convolution sums the kernel taps of shifted inputs in place and never builds the
-  (time, channels, kernel) window.
+  (time, channels, kernel) window; a long kernel on a short slice runs as one matmul with a
+  banded matrix instead (``dynconv_band``, at most 3x the slice's kernels).
 
 Under autocast the block computes in the autocast dtype (explicit casts, autocast off inside),
 with the kernel softmax in at least float32, so backward agrees with forward whether or not
@@ -37,6 +38,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from nasframe.ops.dropout import keep_mask, keep_scale
+from nasframe.ops.dynconv_band import band_backward, band_forward, use_band
 
 __all__ = ["DynamicConvBlock", "KernelSpec", "Chunk", "block_masks", "convolve", "layout",
            "output_keep", "weight_keep"]
@@ -179,6 +181,9 @@ def _convolve_chunk(src: Tensor, u: Tensor, weight: Tensor, bias: Tensor, spec: 
     o = out.view(rows, -1, heads, dim // heads)
     for index, t0, t1 in chunk.slices:
         w = _slice_kernels(u, weight, bias, spec, index, t0, t1)[2]
+        if use_band(spec.kernel, t1 - t0):
+            o[:, t0:t1] += band_forward(s, w, spec.offset, t0, t1)
+            continue
         for j, a, b in _taps(spec, t0, t1, s.size(1)):
             o[:, a:b].addcmul_(s[:, a + j - spec.offset:b + j - spec.offset],
                                w[:, a - t0:b - t0, :, j, None])
@@ -213,13 +218,19 @@ def _convolve_backward(g: Tensor, u: Tensor, weight: Tensor, bias: Tensor, spec:
     w_cast = weight.to(u.dtype)
     for index, t0, t1 in chunk.slices:
         probs, keep, w = _slice_kernels(u, weight, bias, spec, index, t0, t1)
-        g_w = torch.zeros_like(probs)
-        for j, a, b in _taps(spec, t0, t1, time):
-            shifted = slice(a + j - spec.offset, b + j - spec.offset)
-            if cv is not None:  # the forward's sum, in the forward's order
-                cv[:, a:b].addcmul_(s[:, shifted], w[:, a - t0:b - t0, :, j, None])
-            g_s[:, shifted].addcmul_(gv[:, a:b], w[:, a - t0:b - t0, :, j, None])
-            g_w[:, a - t0:b - t0, :, j] = torch.linalg.vecdot(gv[:, a:b], s[:, shifted])
+        if use_band(spec.kernel, t1 - t0):
+            if cv is not None:  # the forward's sum, as the forward computed it
+                cv[:, t0:t1] += band_forward(s, w, spec.offset, t0, t1)
+            g_w = band_backward(gv[:, t0:t1], s, w, spec.offset, t0, t1,
+                                g_s).to(probs.dtype)
+        else:
+            g_w = torch.zeros_like(probs)
+            for j, a, b in _taps(spec, t0, t1, time):
+                shifted = slice(a + j - spec.offset, b + j - spec.offset)
+                if cv is not None:  # the forward's sum, in the forward's order
+                    cv[:, a:b].addcmul_(s[:, shifted], w[:, a - t0:b - t0, :, j, None])
+                g_s[:, shifted].addcmul_(gv[:, a:b], w[:, a - t0:b - t0, :, j, None])
+                g_w[:, a - t0:b - t0, :, j] = torch.linalg.vecdot(gv[:, a:b], s[:, shifted])
         del w
         if keep is not None:  # through the dropout, in place
             g_w.masked_fill_(keep.logical_not(), 0.0).mul_(keep_scale(spec.p))
