@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from nasframe.memory import saved_bytes
-from nasframe.ops.dropout import Dropout, dropout, keep_mask, keep_scale
+from nasframe.ops.dropout import Dropout, dropout, keep_mask, keep_scale, masked_scale
 
 
 @pytest.mark.parametrize("p", [0.1, 0.3, 0.5])
@@ -52,3 +52,23 @@ def test_edges_match_torch() -> None:
     with pytest.raises(ValueError, match="dropout probability"):
         Dropout(1.5)
     assert "p=0.3" in repr(module)
+
+
+def test_masked_scale_and_the_no_graph_path_give_the_graph_paths_values() -> None:
+    x = torch.randn(4, 7, 9, dtype=torch.float64)
+    keep = keep_mask(x.shape, 0.3)
+    expected = x * keep.to(x.dtype) * keep_scale(0.3)
+    assert torch.equal(masked_scale(x, keep, keep_scale(0.3)), expected)
+    y = x.clone()
+    masked_scale(y, keep, keep_scale(0.3), inplace=True)
+    assert torch.equal(y, expected)
+    leaf = x.clone().requires_grad_()
+    torch.manual_seed(3)
+    with_graph = dropout(leaf, 0.3)
+    torch.manual_seed(3)
+    with torch.no_grad():
+        without = dropout(leaf, 0.3)
+    assert with_graph.grad_fn is not None and without.grad_fn is None
+    assert torch.equal(with_graph.detach(), without)
+    (g,) = torch.autograd.grad(with_graph, [leaf], torch.ones_like(x))
+    assert torch.equal(g, (with_graph.detach() != 0).to(x.dtype) * keep_scale(0.3))

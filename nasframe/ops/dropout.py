@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["Dropout", "dropout", "keep_mask", "keep_scale"]
+__all__ = ["Dropout", "dropout", "keep_mask", "keep_scale", "masked_scale"]
 
 _LEVELS = 1 << 15  # 15 random bits per element
 
@@ -52,6 +52,14 @@ def keep_scale(p: float) -> float:
     return _LEVELS / (_LEVELS - _threshold(p))
 
 
+def masked_scale(x: Tensor, keep: Tensor, scale: float, inplace: bool = False) -> Tensor:
+    """``x * keep * scale`` for a ``bool`` mask ``keep``. The mask is read as ``uint8``: on CPU
+    a float-by-bool multiply takes a slow path, 2-2.3x the time of float-by-uint8 (8x24x120
+    and 8x24x480 floats, one thread), with the same result."""
+    mask = keep.view(torch.uint8)
+    return (x.mul_(mask) if inplace else x.mul(mask)).mul_(scale)
+
+
 def dropout(x: Tensor, p: float, training: bool = True) -> Tensor:
     """``torch.nn.functional.dropout`` with the CPU draw and mask of this module."""
     if not training or p == 0.0:
@@ -62,7 +70,10 @@ def dropout(x: Tensor, p: float, training: bool = True) -> Tensor:
         return F.dropout(x, p, True)
     if _threshold(p) == _LEVELS:
         return x * 0.0
-    return _MaskedScale.apply(x, keep_mask(x.shape, p), keep_scale(p))
+    keep = keep_mask(x.shape, p)
+    if not (torch.is_grad_enabled() and x.requires_grad):  # no graph: no autograd function
+        return masked_scale(x, keep, keep_scale(p))
+    return _MaskedScale.apply(x, keep, keep_scale(p))
 
 
 class _MaskedScale(torch.autograd.Function):
@@ -72,12 +83,12 @@ class _MaskedScale(torch.autograd.Function):
     def forward(ctx: Any, x: Tensor, keep: Tensor, scale: float) -> Tensor:
         ctx.save_for_backward(keep)
         ctx.scale = scale
-        return x.mul(keep).mul_(scale)
+        return masked_scale(x, keep, scale)
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, None, None]:
         (keep,) = ctx.saved_tensors
-        return grad.mul(keep).mul_(ctx.scale), None, None
+        return masked_scale(grad, keep, ctx.scale), None, None
 
 
 class Dropout(nn.Module):

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from nasframe.ops.dropout import keep_mask, keep_scale
+from nasframe.ops.dropout import keep_mask, keep_scale, masked_scale
 from nasframe.ops.dynconv_band import band_backward, band_forward, use_band
 
 __all__ = ["DynamicConvBlock", "KernelSpec", "Chunk", "block_masks", "convolve", "layout",
@@ -158,7 +158,7 @@ def _slice_kernels(u: Tensor, weight: Tensor, bias: Tensor, spec: KernelSpec, in
     dtype."""
     probs = _kernels(u[:, t0:t1], weight, bias, spec)
     keep = weight_keep(spec, u.size(0), t0, t1, index, u.device)
-    w = (probs * keep).mul_(keep_scale(spec.p)) if keep is not None else probs
+    w = masked_scale(probs, keep, keep_scale(spec.p)) if keep is not None else probs
     return probs, keep, w.to(u.dtype)
 
 
@@ -305,7 +305,7 @@ class DynamicConvBlock(torch.autograd.Function):
                     del c
                 keep = output_keep(spec, chunk, time, dim, x.device)
                 if keep is not None:
-                    y_rows.mul_(keep).mul_(keep_scale(spec.out_p))
+                    masked_scale(y_rows, keep, keep_scale(spec.out_p), inplace=True)
         fctx.save_for_backward(x, pad, w_in, b_in, w_k, b_k, w_out, b_out,
                                c if keep_c else None)
         fctx.spec, fctx.dtype = spec, dtype
@@ -330,7 +330,7 @@ class DynamicConvBlock(torch.autograd.Function):
                 g_yc = g_y[rows].to(dtype)
                 keep = output_keep(spec, chunk, time, dim, x.device)
                 if keep is not None:
-                    g_yc = g_yc.mul(keep).mul_(keep_scale(spec.out_p))
+                    g_yc = masked_scale(g_yc, keep, keep_scale(spec.out_p))
                 g_c = g_yc @ w_out_c
                 xc = x[rows].to(dtype)
                 h, u = _glu_input(xc, w_in, b_in, _rows(pad, chunk))
