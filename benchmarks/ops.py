@@ -21,7 +21,7 @@ from pydantic import ValidationError
 from torch import nn
 
 from nasframe.errors import ConfigError, SpaceError
-from nasframe.memory import allocated_peak_bytes, peak_bytes, saved_bytes
+from nasframe.memory import device_peak_bytes, saved_bytes
 from nasframe.ops import Context, create_op
 from nasframe.space import OpSpec
 
@@ -47,12 +47,9 @@ def _measure(module: nn.Module, x: torch.Tensor, device: torch.device) -> tuple[
     grad = torch.randn_like(x)
     kept = saved_bytes(lambda: module(x, Context()), exclude=params).bytes
 
-    def step() -> Any:
-        return torch.autograd.grad(module(x, Context()), [x, *params], grad)
-
-    peak = peak_bytes(lambda: step() and None, device) if device.type == "cuda" \
-        else allocated_peak_bytes(step)
-    return kept / x.nbytes, (peak or 0) / x.nbytes
+    peak = device_peak_bytes(
+        lambda: torch.autograd.grad(module(x, Context()), [x, *params], grad), device)
+    return kept / x.nbytes, peak / x.nbytes
 
 
 def measure_op(text: str, d: int, batch: tuple[int, int], repeats: int,

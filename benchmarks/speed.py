@@ -26,7 +26,7 @@ import torch
 
 import nasframe as nf
 from nasframe.errors import ConfigError
-from nasframe.memory import allocated_peak_bytes, saved_bytes
+from nasframe.memory import device_peak_bytes, saved_bytes
 from nasframe.space import Stack
 
 from . import _report
@@ -52,14 +52,7 @@ def _step(model: nf.Supernet, src: torch.Tensor, tgt: torch.Tensor,
 def _peak(model: nf.Supernet, src: torch.Tensor, tgt: torch.Tensor,
           device: torch.device) -> float:
     """Peak bytes allocated during one step (activations, temporaries, the gradients)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        base = torch.cuda.memory_allocated(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        _step(model, src, tgt)
-        torch.cuda.synchronize(device)
-        return torch.cuda.max_memory_allocated(device) - base
-    return allocated_peak_bytes(lambda: _step(model, src, tgt))
+    return device_peak_bytes(lambda: _step(model, src, tgt), device)
 
 
 def time_memory(args: argparse.Namespace, device: torch.device, space: nf.SearchSpace,

@@ -18,7 +18,8 @@ from torch import Tensor
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-__all__ = ["SavedBytes", "saved_bytes", "peak_bytes", "allocated_peak_bytes", "measure_step",
+__all__ = ["SavedBytes", "saved_bytes", "peak_bytes", "allocated_peak_bytes", "device_peak_bytes",
+           "measure_step",
            "choose_keep_layers", "layer_saved_bytes", "step_peak", "StepPeak", "parse_bytes"]
 
 
@@ -59,7 +60,7 @@ def saved_bytes(forward: Callable[[], Tensor], exclude: Iterable[Tensor] = ()) -
     return SavedBytes(sum(seen.values()), count)
 
 
-def peak_bytes(step: Callable[[], None], device: torch.device) -> int | None:
+def peak_bytes(step: Callable[[], Any], device: torch.device) -> int | None:
     """Peak CUDA memory allocated by ``step`` above what was allocated before it (None on CPU)."""
     if device.type != "cuda":
         return None
@@ -114,6 +115,13 @@ def allocated_peak_bytes(step: Callable[[], Any]) -> int:
         out = step()
     del out
     return tracker.peak
+
+
+def device_peak_bytes(step: Callable[[], Any], device: torch.device) -> int:
+    """Peak bytes allocated during ``step`` above what existed before it, on any device: the
+    CUDA allocator's counters on a GPU (``peak_bytes``), ``allocated_peak_bytes`` elsewhere."""
+    peak = peak_bytes(step, device)
+    return allocated_peak_bytes(step) if peak is None else peak
 
 
 def measure_step(model: torch.nn.Module, src: Tensor, tgt: Tensor) -> dict[str, float | None]:

@@ -98,24 +98,27 @@ def layout(batch: int, time: int, dim: int, spec: KernelSpec) -> list[Chunk]:
     return chunks
 
 
+def _redrawn(seed: int | None, p: float, offset: int, shape: tuple[int, ...],
+             device: torch.device) -> Tensor | None:
+    """A keep mask drawn from ``seed + offset`` (None without dropout): the same in forward
+    and backward, never stored."""
+    if seed is None or p == 0.0:
+        return None
+    generator = torch.Generator(device=device).manual_seed(seed + offset)
+    return keep_mask(shape, p, device, generator)
+
+
 def weight_keep(spec: KernelSpec, rows: int, t0: int, t1: int, index: int,
                 device: torch.device) -> Tensor | None:
-    """The weight-dropout keep mask of slice ``index`` (``rows`` sentences, positions t0..t1),
-    redrawn from the spec's seed: the same in forward and backward, never stored."""
-    if spec.seed is None or spec.p == 0.0:
-        return None
-    generator = torch.Generator(device=device).manual_seed(spec.seed + index)
-    return keep_mask((rows, t1 - t0, spec.heads, spec.kernel), spec.p, device, generator)
+    """The weight-dropout keep mask of slice ``index`` (``rows`` sentences, positions t0..t1)."""
+    return _redrawn(spec.seed, spec.p, index, (rows, t1 - t0, spec.heads, spec.kernel), device)
 
 
 def output_keep(spec: KernelSpec, chunk: Chunk, time: int, dim: int,
                 device: torch.device) -> Tensor | None:
-    """The output-dropout keep mask of ``chunk`` (rows, time, dim), redrawn from the seed."""
-    if spec.seed is None or spec.out_p == 0.0:
-        return None
-    generator = torch.Generator(device=device).manual_seed(
-        spec.seed + _OUTPUT_STREAM + chunk.number)
-    return keep_mask((chunk.r1 - chunk.r0, time, dim), spec.out_p, device, generator)
+    """The output-dropout keep mask of ``chunk`` (rows, time, dim)."""
+    return _redrawn(spec.seed, spec.out_p, _OUTPUT_STREAM + chunk.number,
+                    (chunk.r1 - chunk.r0, time, dim), device)
 
 
 def block_masks(spec: KernelSpec, batch: int, time: int, dim: int,
@@ -172,6 +175,17 @@ def _taps(spec: KernelSpec, t0: int, t1: int, src_time: int) -> list[tuple[int, 
     return out
 
 
+def _convolve_slice(o: Tensor, s: Tensor, w: Tensor, spec: KernelSpec, t0: int, t1: int) -> None:
+    """Add outputs t0..t1 into ``o`` (rows, time, heads, r) from the source ``s`` (rows,
+    src_time, heads, r) and the slice's kernels ``w``: as a band or tap by tap."""
+    if use_band(spec.kernel, t1 - t0):
+        o[:, t0:t1] += band_forward(s, w, spec.offset, t0, t1)
+        return
+    for j, a, b in _taps(spec, t0, t1, s.size(1)):
+        o[:, a:b].addcmul_(s[:, a + j - spec.offset:b + j - spec.offset],
+                           w[:, a - t0:b - t0, :, j, None])
+
+
 def _convolve_chunk(src: Tensor, u: Tensor, weight: Tensor, bias: Tensor, spec: KernelSpec,
                     chunk: Chunk, out: Tensor) -> None:
     """``convolve`` for one chunk of sentences, added into ``out`` (zeros, shaped like u)."""
@@ -181,12 +195,7 @@ def _convolve_chunk(src: Tensor, u: Tensor, weight: Tensor, bias: Tensor, spec: 
     o = out.view(rows, -1, heads, dim // heads)
     for index, t0, t1 in chunk.slices:
         w = _slice_kernels(u, weight, bias, spec, index, t0, t1)[2]
-        if use_band(spec.kernel, t1 - t0):
-            o[:, t0:t1] += band_forward(s, w, spec.offset, t0, t1)
-            continue
-        for j, a, b in _taps(spec, t0, t1, s.size(1)):
-            o[:, a:b].addcmul_(s[:, a + j - spec.offset:b + j - spec.offset],
-                               w[:, a - t0:b - t0, :, j, None])
+        _convolve_slice(o, s, w, spec, t0, t1)
 
 
 def convolve(src: Tensor, u: Tensor, weight: Tensor, bias: Tensor, spec: KernelSpec) -> Tensor:
@@ -218,17 +227,15 @@ def _convolve_backward(g: Tensor, u: Tensor, weight: Tensor, bias: Tensor, spec:
     w_cast = weight.to(u.dtype)
     for index, t0, t1 in chunk.slices:
         probs, keep, w = _slice_kernels(u, weight, bias, spec, index, t0, t1)
+        if cv is not None:  # the forward's sum, computed as the forward computes it
+            _convolve_slice(cv, s, w, spec, t0, t1)
         if use_band(spec.kernel, t1 - t0):
-            if cv is not None:  # the forward's sum, as the forward computed it
-                cv[:, t0:t1] += band_forward(s, w, spec.offset, t0, t1)
             g_w = band_backward(gv[:, t0:t1], s, w, spec.offset, t0, t1,
                                 g_s).to(probs.dtype)
         else:
             g_w = torch.zeros_like(probs)
             for j, a, b in _taps(spec, t0, t1, time):
                 shifted = slice(a + j - spec.offset, b + j - spec.offset)
-                if cv is not None:  # the forward's sum, in the forward's order
-                    cv[:, a:b].addcmul_(s[:, shifted], w[:, a - t0:b - t0, :, j, None])
                 g_s[:, shifted].addcmul_(gv[:, a:b], w[:, a - t0:b - t0, :, j, None])
                 g_w[:, a - t0:b - t0, :, j] = torch.linalg.vecdot(gv[:, a:b], s[:, shifted])
         del w
@@ -336,9 +343,10 @@ class DynamicConvBlock(torch.autograd.Function):
                 h, u = _glu_input(xc, w_in, b_in, _rows(pad, chunk))
                 # the convolution output, for the output projection's weight gradient only,
                 # is recomputed here (from the kernels backward builds anyway) unless kept
-                c = kept_c if kept_c is not None or not weights else torch.zeros_like(u)
+                recompute = weights and kept_c is None
+                c = torch.zeros_like(u) if recompute else kept_c
                 g_u = _convolve_backward(g_c, u, w_k, b_k, spec, chunk, g_w_k, g_b_k,
-                                         None if kept_c is not None else c)
+                                         c if recompute else None)
                 del g_c, u
                 if g_w_out is not None and g_b_out is not None and c is not None:
                     g_w_out.addmm_(g_yc.reshape(-1, dim).t(), c.view(-1, dim))
