@@ -28,13 +28,25 @@ from nasframe.space import OpSet, OpSpec, SearchSpace, Stack
 RESULTS = Path("bench-results")  # relative to the current directory, never the package
 
 
+def positive(text: str) -> int:
+    """An ``argparse`` type for a count or size: an integer of at least 1 (sizes, repetitions
+    and steps of 0 or less would fail deep inside a benchmark with a traceback)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def add_common_args(p: argparse.ArgumentParser, threads: bool = True) -> None:
     """``threads=False`` under ``nasframe bench``, whose ``--threads`` comes from the CLI."""
     p.add_argument("--out", type=Path, default=RESULTS,
                    help="directory for <name>.json/.png (default: ./bench-results)")
     p.add_argument("--quick", action="store_true", help="small sizes, few repetitions")
     if threads:
-        p.add_argument("--threads", type=int, default=1,
+        p.add_argument("--threads", type=positive, default=1,
                        help="torch intra-op threads (recorded; default 1 for a shared machine)")
 
 

@@ -30,18 +30,19 @@ from nasframe.errors import ConfigError
 from nasframe.space import SearchSpace, Stack
 
 from . import _report
+from ._report import positive
 
 VOCAB = 8000
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--d", type=int, nargs="+", default=None,
+    p.add_argument("--d", type=positive, nargs="+", default=None,
                    help="hidden sizes of the reversible model (240; --quick: 96)")
-    p.add_argument("--blocks", type=int, default=2, help="block repeats of both models (2)")
-    p.add_argument("--sentences", type=int, default=300)
-    p.add_argument("--beams", type=int, nargs="+", default=[1, 5])
-    p.add_argument("--length", type=int, default=30, help="output length limit (30)")
-    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--blocks", type=positive, default=2, help="block repeats of both models (2)")
+    p.add_argument("--sentences", type=positive, default=300)
+    p.add_argument("--beams", type=positive, nargs="+", default=[1, 5])
+    p.add_argument("--length", type=positive, default=30, help="output length limit (30)")
+    p.add_argument("--repeats", type=positive, default=5)
     p.add_argument("--profile", action="store_true",
                    help="top ops by self CPU time of each model (always when the reversible "
                         "one is slower)")

@@ -31,16 +31,17 @@ from nasframe.space import SearchSpace, Stack
 from nasframe.updates import alpha_optimizer, assign_grads, gradients, weight_optimizer
 
 from . import _report
+from ._report import positive
 
 NAME = "memory_vs_hidden"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--d", type=int, nargs="+", default=None,
+    p.add_argument("--d", type=positive, nargs="+", default=None,
                    help="hidden sizes (default 48 96 192 384; --quick: 48)")
-    p.add_argument("--tokens", type=int, default=32, help="tokens per sentence (32)")
-    p.add_argument("--batch", type=int, default=8, help="sentences per batch (8)")
-    p.add_argument("--blocks", type=int, default=2, help="block repeats (2)")
+    p.add_argument("--tokens", type=positive, default=32, help="tokens per sentence (32)")
+    p.add_argument("--batch", type=positive, default=8, help="sentences per batch (8)")
+    p.add_argument("--blocks", type=positive, default=2, help="block repeats (2)")
     p.add_argument("--memory-limit", default=None, metavar="SIZE",
                    help="report the largest measured d whose step peak fits, e.g. 2GiB")
     p.add_argument("--tracker", choices=["auto", "memtracker", "light"], default="auto",

@@ -26,6 +26,7 @@ from nasframe.ops import Context, create_op
 from nasframe.space import OpSpec
 
 from . import _report
+from ._report import positive
 
 DEFAULT_OPS = ["dynamic_conv:kernel=3", "dynamic_conv:kernel=7", "dynamic_conv:kernel=15",
                "dynamic_conv:kernel=31", "conv:kernel=3", "ffn", "glu", "self_attention"]
@@ -80,10 +81,10 @@ def measure_op(text: str, d: int, batch: tuple[int, int], repeats: int,
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ops", nargs="+", default=None, metavar="OP",
                    help="ops as the space DSL writes them (default: the DARTSformer candidates)")
-    p.add_argument("--d", type=int, default=240, help="the op's width (240)")
-    p.add_argument("--batch", type=int, nargs=2, default=[64, 64],
+    p.add_argument("--d", type=positive, default=240, help="the op's width (240)")
+    p.add_argument("--batch", type=positive, nargs=2, default=[64, 64],
                    metavar=("SENTENCES", "TOKENS"))
-    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--repeats", type=positive, default=5)
 
 
 def run(args: argparse.Namespace) -> None:

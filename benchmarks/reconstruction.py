@@ -21,6 +21,7 @@ import torch
 import nasframe as nf
 
 from . import _report
+from ._report import positive
 
 
 def _step(model: nf.Supernet, src: torch.Tensor, tgt: torch.Tensor) -> list:
@@ -56,10 +57,11 @@ def profile_ops(model: nf.Supernet, src: torch.Tensor, tgt: torch.Tensor,
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--depths", type=int, nargs="+", default=[2, 6, 12])
-    p.add_argument("--d", type=int, nargs="+", default=None, help="hidden sizes (96 240)")
-    p.add_argument("--repeats", type=int, default=10)
-    p.add_argument("--batch", type=int, nargs=2, default=[8, 24], metavar=("SENTENCES", "TOKENS"))
+    p.add_argument("--depths", type=positive, nargs="+", default=[2, 6, 12])
+    p.add_argument("--d", type=positive, nargs="+", default=None, help="hidden sizes (96 240)")
+    p.add_argument("--repeats", type=positive, default=10)
+    p.add_argument("--batch", type=positive, nargs=2, default=[8, 24],
+                   metavar=("SENTENCES", "TOKENS"))
     p.add_argument("--profile", action="store_true", help="top ops by self CPU time")
     p.add_argument("--steps", nargs="+", default=["weights", "alpha"],
                    choices=["weights", "alpha"], help="which update steps to time")

@@ -30,6 +30,7 @@ from nasframe.memory import device_peak_bytes, saved_bytes
 from nasframe.space import Stack
 
 from . import _report
+from ._report import positive
 
 
 def _config(model: nf.Supernet, saving: bool, keep: int) -> None:
@@ -145,13 +146,14 @@ def _errors(grads: list[torch.Tensor], reference: list[torch.Tensor]) -> tuple[f
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--d", type=int, nargs="+", default=[96], help="hidden sizes (96)")
-    p.add_argument("--layers", type=int, default=6, help="layers per stack (K runs 0..L)")
-    p.add_argument("--batch", type=int, nargs=2, default=[8, 24], metavar=("SENTENCES", "TOKENS"))
-    p.add_argument("--repeats", type=int, default=8)
-    p.add_argument("--depths", type=int, nargs="+", default=[2, 6, 12, 24])
-    p.add_argument("--precision-d", type=int, default=48)
-    p.add_argument("--precision-batch", type=int, nargs=2, default=[4, 12])
+    p.add_argument("--d", type=positive, nargs="+", default=[96], help="hidden sizes (96)")
+    p.add_argument("--layers", type=positive, default=6, help="layers per stack (K runs 0..L)")
+    p.add_argument("--batch", type=positive, nargs=2, default=[8, 24],
+                   metavar=("SENTENCES", "TOKENS"))
+    p.add_argument("--repeats", type=positive, default=8)
+    p.add_argument("--depths", type=positive, nargs="+", default=[2, 6, 12, 24])
+    p.add_argument("--precision-d", type=positive, default=48)
+    p.add_argument("--precision-batch", type=positive, nargs=2, default=[4, 12])
     p.add_argument("--parts", nargs="+", default=["memory", "precision"],
                    choices=["memory", "precision"])
     _report.add_space_args(p, "dartsformer")

@@ -21,6 +21,7 @@ from nasframe.config import SearchConfig, apply_overrides
 from nasframe.strategy import get_strategy
 
 from . import _report
+from ._report import positive
 
 BASELINE = "darts-reversible, reconstruction off"
 CASES = [  # (label, strategy, overrides)
@@ -35,11 +36,11 @@ CASES = [  # (label, strategy, overrides)
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", default="tiny")
-    p.add_argument("--steps", type=int, default=40)
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--steps", type=positive, default=40)
+    p.add_argument("--repeats", type=positive, default=3)
     p.add_argument("--data", default="lohelp")
     p.add_argument("--cases", nargs="+", help="labels to run (default: all)")
-    p.add_argument("--d", type=int, nargs="+", default=None,
+    p.add_argument("--d", type=positive, nargs="+", default=None,
                    help="hidden sizes (default: the preset's)")
     _report.add_space_args(p, None)
 

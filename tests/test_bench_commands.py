@@ -133,3 +133,17 @@ def test_bench_ops_refuses_a_bad_op_in_one_line(tmp_path: Path, op: str,
     assert main(["bench", "ops", "--ops", op, "--quick", "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: --ops") and op in err[0]
+
+
+@pytest.mark.parametrize("argv", [["ops", "--d", "0"], ["ops", "--batch", "0", "4"],
+                                  ["reconstruction", "--repeats", "0"],
+                                  ["strategies", "--steps", "-1"], ["memory", "--tokens", "0"]])
+def test_a_count_below_one_is_refused_before_anything_runs(
+        argv: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "results"
+    with pytest.raises(SystemExit) as stop:
+        main(["bench", *argv, "--out", str(out)])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith(f"error: argument {argv[1]}: must be at least 1")
+    assert not out.exists()
