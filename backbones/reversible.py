@@ -37,14 +37,17 @@ class SplitFunction(nn.Module):
 
 def build_reversible_stack(spec: Stack, blocks: int, memory_saving: bool,
                            make_unit: Callable[[int, str], nn.Module],
-                           keep_layers: int = 0) -> ReversibleStack:
+                           keep_layers: int = 0, stream_dtype: torch.dtype | None = None
+                           ) -> ReversibleStack:
     """``blocks`` repeats of the ``spec.layers`` searched layers, each split's F_i built by
     ``make_unit(layer, "split<i>")``; weights are separate, choices shared per layer index.
-    The top ``keep_layers`` layers keep their activations (ordinary autograd)."""
+    The top ``keep_layers`` layers keep their activations (ordinary autograd); the stream is
+    carried in ``stream_dtype`` (None: the input's)."""
     inputs = parse_inputs(spec.inputs)
     layers = []
     for _ in range(blocks):
         for l in range(1, spec.layers + 1):
             fns = [SplitFunction(make_unit(l, unit), spec.pool) for unit, _ in spec.units()]
             layers.append(SplitLayer(fns, inputs))
-    return ReversibleStack(layers, memory_saving=memory_saving, keep_last=keep_layers)
+    return ReversibleStack(layers, memory_saving=memory_saving, keep_last=keep_layers,
+                           stream_dtype=stream_dtype)

@@ -1,7 +1,8 @@
 """Exactness and cost of backprop with reconstruction, by depth and width.
 
-For a DARTSformer supernet (weighted choices, dropout on), in float32, per (d, depth):
-- reconstruction drift: max |inverse(forward(x)) - x| over the encoder stack;
+For a DARTSformer supernet (weighted choices, dropout on), in float32, per (d, depth) and
+stream dtype (``--streams``: float64, ``ModelConfig``'s default, and the model's own):
+- reconstruction drift: max |inverse(forward(x)) - x| over the encoder stack, in the stream;
 - gradient error: max relative difference of all gradients against plain autograd;
 - time of one forward + backward with reconstruction over plain autograd: the median of the
   ratios of paired, alternating repetitions, with min/max and quartiles;
@@ -9,11 +10,13 @@ For a DARTSformer supernet (weighted choices, dropout on), in float32, per (d, d
   reconstruction pays) and the rest (``excess`` = recon - plain - no-grad forward);
 - each for the weight step (every gradient) and the alpha step (weights frozen).
 
-    nasframe bench reconstruction [--depths 2 6 12] [--d 96 240] [--threads 1] [--quick]
+    nasframe bench reconstruction [--depths 2 6 12] [--d 96 240] [--streams float64 model]
+                                  [--threads 1] [--quick]
 """
 from __future__ import annotations
 
 import argparse
+import itertools
 import statistics
 
 import torch
@@ -65,12 +68,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--profile", action="store_true", help="top ops by self CPU time")
     p.add_argument("--steps", nargs="+", default=["weights", "alpha"],
                    choices=["weights", "alpha"], help="which update steps to time")
+    p.add_argument("--streams", nargs="+", default=["float64", "model"],
+                   choices=["float64", "model"],
+                   help="dtypes of the reversible stream (ModelConfig.stream_dtype) to compare")
     _report.add_space_args(p, "dartsformer")
 
 
 def run(args: argparse.Namespace) -> None:
     if args.quick:
         args.depths, args.repeats = [x for x in args.depths if x <= 6], min(args.repeats, 6)
+        args.streams = args.streams[:1]
     args.d = args.d or ([96] if args.quick else [96, 240])
     space = _report.space_from_args(args, layers=1)
     _report.check_d(space, args.d)
@@ -80,32 +87,28 @@ def run(args: argparse.Namespace) -> None:
     src = torch.randint(4, 500, tuple(args.batch), generator=g).to(device)
     tgt = torch.randint(4, 500, tuple(args.batch), generator=g).to(device)
     rows, profiles = [], {}
-    for d in args.d:
-        for depth in args.depths:
-            torch.manual_seed(0)
-            cfg = nf.ModelConfig(d_model=d, blocks=depth, dropout=0.1)
-            model = nf.Supernet(space, cfg, vocab_size=500).to(device).train()
-            x = model.embed(src).detach()
-            model.eval()  # dropout off: the inverse must see the forward's functions
-            with torch.no_grad():
-                mask = src.eq(0)
-                drift = (model.encoder.inverse(model.encoder(x, padding_mask=mask),
-                                               padding_mask=mask) - x).abs().max().item()
-            model.train()
-            for step in args.steps:
-                _freeze_weights(model, step == "alpha")
-                row = {"d": d, "layers per stack": depth, "step": step, "drift": drift}
-                rows.append(row | _measure(model, src, tgt, args.repeats, device))
-            _freeze_weights(model, False)
-            if args.profile:
-                profiles[f"d={d}, L={depth}"] = profile_ops(model, src, tgt)
+    for d, depth, stream in itertools.product(args.d, args.depths, args.streams):
+        torch.manual_seed(0)
+        cfg = nf.ModelConfig(d_model=d, blocks=depth, dropout=0.1, stream_dtype=stream)
+        model = nf.Supernet(space, cfg, vocab_size=500).to(device).train()
+        with torch.no_grad():
+            drift = model.encoder.drift(model.embed(src), padding_mask=src.eq(0))
+        for step in args.steps:
+            _freeze_weights(model, step == "alpha")
+            row = {"d": d, "layers per stack": depth, "stream": stream, "step": step,
+                   "drift": drift}
+            rows.append(row | _measure(model, src, tgt, args.repeats, device))
+        _freeze_weights(model, False)
+        if args.profile:
+            profiles[f"d={d}, L={depth}, stream {stream}"] = profile_ops(model, src, tgt)
     meta.update({"device": _report.device_label(device), "dtype": "float32",
                  "dropout": 0.1, **_report.args_meta(args),
                  "space": f"{space.name} (weighted, all candidates)"})
     if profiles:
         meta["profile (share of self CPU time, reconstruction step)"] = profiles
-    cols = ["d", "layers per stack", "step", "drift", "max rel grad error", "time plain (s)",
-            "forward / plain", "excess / plain", "ratio median", "ratio min", "ratio max"]
+    cols = ["d", "layers per stack", "stream", "step", "drift", "max rel grad error",
+            "time plain (s)", "forward / plain", "excess / plain", "ratio median", "ratio min",
+            "ratio max"]
     _report.write("reconstruction", rows, meta, cols, args.out)
 
 

@@ -28,6 +28,7 @@ CASES = [  # (label, strategy, overrides)
     ("darts-reversible", "darts-reversible", {}),
     (BASELINE, "darts-reversible", {"model.memory_saving": False}),
     ("darts-reversible, every layer kept", "darts-reversible", {"model.keep_layers": 1000}),
+    ("darts-reversible, float32 stream", "darts-reversible", {"model.stream_dtype": "model"}),
     ("darts-reversible, second order", "darts-reversible", {"optim.second_order": True}),
     ("darts", "darts", {}),
     ("spos (training only)", "spos", {"evolution.iterations": 0, "evolution.population": 2}),

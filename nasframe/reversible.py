@@ -21,8 +21,9 @@ and runs F_i on a generator seeded with it, in both modes, so replaying F_i's dr
 8 bytes per F_i (saved for backward, counted by ``saved_tensors_hooks``) instead of a 5 KB
 generator state, and the bytes kept stay flat in depth.
 
-Mixed precision: the stream (the X/Y additions and the reconstruction) stays in the dtype of
-the stack's input (float32) while F_i may compute under autocast; the recomputation in
+Precision: the stream (the X/Y additions and the reconstruction) is kept in the stack's
+``stream_dtype`` (float64 makes reconstruction exact for float32 F_i) or in the dtype of its
+input, while F_i compute in the input's dtype, or lower under autocast; the recomputation in
 backward runs under the autocast state of the forward, so it evaluates the same function.
 """
 from __future__ import annotations
@@ -127,39 +128,48 @@ class SplitLayer(nn.Module):
     def _gather(self, i: int, ys: list[Tensor | None], xs: list[Tensor | None]) -> list[Tensor]:
         return [(ys if kind == "Y" else xs)[j] for kind, j in self.inputs[i]]  # type: ignore[misc]
 
+    def _call(self, i: int, inputs: list[Tensor], compute: torch.dtype | None,
+              ctx: dict[str, Any]) -> Tensor:
+        """F_i on its inputs cast to ``compute`` (None: the stream's dtype)."""
+        if compute is not None:
+            inputs = [t.to(compute) for t in inputs]
+        return self.functions[i](inputs, **ctx)
+
     def forward(self, x: Tensor, seeds: list[Tensor | None] | None = None,
-                **ctx: Any) -> Tensor:
-        """Eq. 3. In training each F_i runs on its own seed; ``seeds`` (a list) receives them."""
+                compute: torch.dtype | None = None, **ctx: Any) -> Tensor:
+        """Eq. 3. In training each F_i runs on its own seed; ``seeds`` (a list) receives them.
+        ``compute``: the dtype F_i reads (None: ``x``'s); the stream stays in ``x``'s."""
         xs: list[Tensor | None] = list(x.chunk(self.n, dim=-1))
         ys: list[Tensor | None] = [None] * self.n
         drawn = _draw_seeds(self.n) if self.training else None
         if seeds is not None:
             seeds.append(drawn)
         per_f = drawn.tolist() if drawn is not None else [None] * self.n
-        for i, f in enumerate(self.functions):
+        for i in range(self.n):
             with _seeded(per_f[i], x.device):
-                z = f(self._gather(i, ys, xs), **ctx)
-            ys[i] = xs[i] + z.to(x.dtype)  # the stream keeps its dtype under autocast
+                z = self._call(i, self._gather(i, ys, xs), compute, ctx)
+            ys[i] = xs[i] + z.to(x.dtype)  # the stream keeps its dtype
         return torch.cat(ys, dim=-1)  # type: ignore[arg-type]
 
-    def inverse(self, y: Tensor, **ctx: Any) -> Tensor:
+    def inverse(self, y: Tensor, compute: torch.dtype | None = None, **ctx: Any) -> Tensor:
         """Eq. 4: recover X from Y, split n first."""
         ys: list[Tensor | None] = list(y.chunk(self.n, dim=-1))
         xs: list[Tensor | None] = [None] * self.n
         for i in reversed(range(self.n)):
-            xs[i] = ys[i] - self.functions[i](self._gather(i, ys, xs), **ctx).to(y.dtype)
+            xs[i] = ys[i] - self._call(i, self._gather(i, ys, xs), compute, ctx).to(y.dtype)
         return torch.cat(xs, dim=-1)  # type: ignore[arg-type]
 
     def backward_step(self, y: Tensor, dy: Tensor, ctx: dict[str, Any],
                       grads: dict[int, Tensor], seeds: Tensor | None = None,
-                      autocast: Autocast | None = None, input_grad: bool = True
-                      ) -> tuple[Tensor, Tensor | None]:
+                      autocast: Autocast | None = None, input_grad: bool = True,
+                      compute: torch.dtype | None = None) -> tuple[Tensor, Tensor | None]:
         """Algorithm 1: from (Y, dY) return (X, dX); add parameter and context grads to ``grads``.
 
         ``grads`` maps ``id(tensor)`` to its accumulated gradient, for the parameters of every
         F_i and the context tensors in ``ctx`` that require grad. ``seeds``: those the forward
         drew; ``autocast``: its autocast state; ``input_grad=False`` (the bottom layer when
-        nothing below needs a gradient) skips dX and every VJP into X.
+        nothing below needs a gradient) skips dX and every VJP into X; ``compute``: the dtype
+        F_i read in forward.
         """
         ys = [c.detach().requires_grad_() for c in y.chunk(self.n, dim=-1)]
         g_y = list(dy.chunk(self.n, dim=-1))
@@ -169,10 +179,9 @@ class SplitLayer(nn.Module):
         per_f = seeds.tolist() if seeds is not None else [None] * self.n
         amp = autocast or _autocast_state(y.device)
         for i in reversed(range(self.n)):
-            f = self.functions[i]
             inp = self._gather(i, ys, xs)  # type: ignore[arg-type]
             with _seeded(per_f[i], y.device), torch.enable_grad(), _autocast(amp):
-                z = f(inp, **ctx)  # one evaluation serves reconstruction and the VJP
+                z = self._call(i, inp, compute, ctx)  # serves reconstruction and the VJP
             with torch.enable_grad():
                 z = z.to(y.dtype)
             x_i = (ys[i] - z).detach()  # Eq. 4
@@ -208,7 +217,8 @@ class _WithReconstruction(torch.autograd.Function):
 
     @staticmethod
     def forward(fctx: Any, layers: Sequence[SplitLayer], static_ctx: dict[str, Any],
-                ctx_names: tuple[str, ...], x: Tensor, *tensors: Tensor) -> Tensor:
+                ctx_names: tuple[str, ...], compute: torch.dtype | None, x: Tensor,
+                *tensors: Tensor) -> Tensor:
         # Detached: the F_i must see plain tensors, not no-grad views of grad-requiring ones
         # (module hooks such as MemTracker's register gradient hooks on their inputs).
         x = x.detach()
@@ -216,10 +226,11 @@ class _WithReconstruction(torch.autograd.Function):
         ctx = {**static_ctx, **dict(zip(ctx_names, ctx_tensors))}
         seeds: list[Tensor | None] = []
         for layer in layers:
-            x = layer(x, seeds=seeds, **ctx)
+            x = layer(x, seeds=seeds, compute=compute, **ctx)
         drawn = [s for s in seeds if s is not None]
         all_seeds = torch.cat(drawn) if drawn else x.new_zeros(0, dtype=torch.int64)
         fctx.layers, fctx.static_ctx, fctx.ctx_names = layers, static_ctx, ctx_names
+        fctx.compute = compute
         fctx.seeded = [s is not None for s in seeds]
         fctx.autocast = _autocast_state(x.device)
         fctx.params = tensors[len(ctx_names):]
@@ -232,7 +243,7 @@ class _WithReconstruction(torch.autograd.Function):
         y, all_seeds, *ctx_tensors = fctx.saved_tensors
         needs = fctx.needs_input_grad
         leaves = [t.detach().requires_grad_(bool(need))
-                  for t, need in zip(ctx_tensors, needs[4:4 + len(ctx_tensors)])]
+                  for t, need in zip(ctx_tensors, needs[5:5 + len(ctx_tensors)])]
         ctx = {**fctx.static_ctx, **dict(zip(fctx.ctx_names, leaves))}
         grads: dict[int, Tensor] = {}
         layers, seeded = fctx.layers, fctx.seeded
@@ -243,10 +254,10 @@ class _WithReconstruction(torch.autograd.Function):
         for k in reversed(range(len(layers))):
             seeds = all_seeds[ends[k]:ends[k + 1]] if seeded[k] else None
             y, g = layers[k].backward_step(y, g, ctx, grads, seeds, fctx.autocast,
-                                           input_grad=k > 0 or needs[3])
+                                           input_grad=k > 0 or needs[4], compute=fctx.compute)
         ctx_grads = [grads.get(id(t)) for t in leaves]
         param_grads = [grads.get(id(p)) for p in fctx.params]
-        return (None, None, None, g, *ctx_grads, *param_grads)
+        return (None, None, None, None, g, *ctx_grads, *param_grads)
 
 
 class ReversibleStack(nn.Module):
@@ -257,21 +268,44 @@ class ReversibleStack(nn.Module):
     activations (a memory budget: 0 is the full saving, ``len(layers)`` plain autograd).
     ``memory_saving=False``: plain autograd over the same layers (the reference, and the fast
     path when memory is not the constraint).
+
+    ``stream_dtype``: the dtype of the stream, that is the X/Y additions, the stored top
+    output and the reconstruction (None: the input's). The F_i still read and compute in the
+    input's dtype. With float64 under a float32 input, ``Y_i = X_i + F_i`` is exact whenever
+    the bits of the two terms span at most 53 (24 each, plus the gap between their exponents),
+    so ``X_i = Y_i - F_i`` recovers X bitwise and the F_i in backward see the very inputs of
+    the forward: the gradients are those of ordinary autograd. A float32 stream drifts ~1e-6
+    per layer instead, and a ReLU or max pooling that flips on the drift gives a wrong
+    gradient entry (README, "Exact reconstruction in float32").
     """
 
     def __init__(self, layers: Sequence[SplitLayer], memory_saving: bool = True,
-                 keep_last: int = 0) -> None:
+                 keep_last: int = 0, stream_dtype: torch.dtype | None = None) -> None:
         super().__init__()
         if keep_last < 0:
             raise ValueError(f"keep_last must be >= 0, got {keep_last}")
         self.layers = nn.ModuleList(layers)
         self.memory_saving = memory_saving
         self.keep_last = keep_last
+        self.stream_dtype = stream_dtype
+
+    def enter(self, x: Tensor) -> tuple[Tensor, torch.dtype | None]:
+        """``x`` in the stream dtype, and the dtype the F_i read (None: the same). MPS has no
+        float64: there the stream stays in ``x``'s dtype."""
+        stream = self.stream_dtype
+        if stream is None or stream == x.dtype or x.device.type == "mps":
+            return x, None
+        return x.to(stream), x.dtype
 
     def forward(self, x: Tensor, **ctx: Any) -> Tensor:
+        x, compute = self.enter(x)
+        y = self._run(x, compute, ctx)
+        return y if compute is None else y.to(compute)
+
+    def _run(self, x: Tensor, compute: torch.dtype | None, ctx: dict[str, Any]) -> Tensor:
         if not (self.memory_saving and torch.is_grad_enabled()):
             for layer in self.layers:
-                x = layer(x, **ctx)
+                x = layer(x, compute=compute, **ctx)
             return x
         split = max(len(self.layers) - self.keep_last, 0)
         lower = list(self.layers)[:split]
@@ -279,16 +313,36 @@ class ReversibleStack(nn.Module):
             names = tuple(k for k, v in ctx.items() if isinstance(v, Tensor) and v.requires_grad)
             static = {k: v for k, v in ctx.items() if k not in names}
             params = _trainable_parameters(lower)
-            x = _WithReconstruction.apply(lower, static, names, x,
+            x = _WithReconstruction.apply(lower, static, names, compute, x,
                                           *(ctx[k] for k in names), *params)
         for layer in list(self.layers)[split:]:
-            x = layer(x, **ctx)
+            x = layer(x, compute=compute, **ctx)
         return x
 
     def inverse(self, y: Tensor, **ctx: Any) -> Tensor:
+        """X from the top output Y (Eq. 4, top layer first), computed in the stream dtype."""
+        y, compute = self.enter(y)
         for layer in reversed(self.layers):
-            y = layer.inverse(y, **ctx)
-        return y
+            y = layer.inverse(y, compute=compute, **ctx)
+        return y if compute is None else y.to(compute)
+
+    @torch.no_grad()
+    def drift(self, x: Tensor, **ctx: Any) -> float:
+        """The largest |X' - X| over the stack's input when X' is reconstructed from the top
+        output as backward does, in the stream dtype; run in eval mode (the inverse replays no
+        dropout), whatever the stack's mode."""
+        was_training = self.training
+        self.eval()
+        try:
+            s, compute = self.enter(x)
+            y = s
+            for layer in self.layers:
+                y = layer(y, compute=compute, **ctx)
+            for layer in reversed(self.layers):
+                y = layer.inverse(y, compute=compute, **ctx)
+            return (y - s).abs().max().item()
+        finally:
+            self.train(was_training)
 
 
 def _trainable_parameters(layers: Sequence[nn.Module]) -> list[Tensor]:

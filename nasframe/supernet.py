@@ -37,6 +37,11 @@ class ModelConfig(BaseModel):
     memory_saving: bool = Field(True, description="backprop with reconstruction (reversible)")
     keep_layers: int = Field(0, ge=0, description="top K reversible layers of each stack keep "
                              "activations (ordinary autograd); the rest reconstruct")
+    stream_dtype: Literal["float64", "model"] = Field(
+        "float64", description="dtype of the reversible stream (the X/Y additions, the stored "
+        "top output, the reconstruction): float64 makes reconstruction exact in a float32 "
+        "model, whose F_i still compute in float32 (gradients equal ordinary autograd's); "
+        "model: the model's own dtype, which in float32 drifts ~1e-6 per layer")
     split_norm: Literal["post", "branch"] = Field(
         "post", description="ops inside reversible splits: post: LayerNorm(x + f(x)), the "
         "paper's, which a supernet needs (its mixture compares candidates at one scale; DARTS "
@@ -104,8 +109,9 @@ class Supernet(nn.Module):
                               self.alphas[_key(node)])
 
         if isinstance(spec, Stack):
+            stream = torch.float64 if self.config.stream_dtype == "float64" else None
             return build_reversible_stack(spec, self.config.blocks, self.config.memory_saving,
-                                          make_unit, self.config.keep_layers)
+                                          make_unit, self.config.keep_layers, stream)
         return build_sequential_stack(spec, self.config.blocks, make_unit)
 
     def _op(self, spec: OpSpec, width: int, causal: bool, norm: str = "post") -> nn.Module:
