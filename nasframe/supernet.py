@@ -39,9 +39,10 @@ class ModelConfig(BaseModel):
                              "activations (ordinary autograd); the rest reconstruct")
     stream_dtype: Literal["float64", "model"] = Field(
         "float64", description="dtype of the reversible stream (the X/Y additions, the stored "
-        "top output, the reconstruction): float64 makes reconstruction exact in a float32 "
-        "model, whose F_i still compute in float32 (gradients equal ordinary autograd's); "
-        "model: the model's own dtype, which in float32 drifts ~1e-6 per layer")
+        "top output, the reconstruction) in a forward that builds a graph: float64 makes "
+        "reconstruction exact in a float32 model, whose F_i still compute in float32 "
+        "(gradients equal ordinary autograd's); model: the model's own dtype, which in "
+        "float32 drifts ~1e-6 per layer. Inference keeps the model's dtype either way")
     split_norm: Literal["post", "branch"] = Field(
         "post", description="ops inside reversible splits: post: LayerNorm(x + f(x)), the "
         "paper's, which a supernet needs (its mixture compares candidates at one scale; DARTS "

@@ -84,6 +84,11 @@ def test_stream_dtype_inside_and_outside() -> None:
         assert y.requires_grad
     assert layer_out and set(layer_out) == {torch.float64}
     assert fn_in and set(fn_in) == {torch.float32}
+    # without a graph (inference, decoding) nothing is reconstructed: no float64 stream
+    layer_out.clear()
+    with torch.no_grad():
+        assert s(x, memory=memory).dtype == torch.float32
+    assert set(layer_out) == {torch.float32}
     # a float64 input runs as before: no cast anywhere
     s64 = float32_stack(torch.float64, depth=2).double()
     assert s64.enter(x.double())[1] is None
