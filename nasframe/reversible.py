@@ -271,12 +271,13 @@ class ReversibleStack(nn.Module):
 
     ``stream_dtype``: the dtype of the stream, that is the X/Y additions, the stored top
     output and the reconstruction (None: the input's), where a graph is built (``enter``).
-    The F_i still read and compute in the input's dtype. With float64 under a float32 input, ``Y_i = X_i + F_i`` is exact whenever
-    the bits of the two terms span at most 53 (24 each, plus the gap between their exponents),
-    so ``X_i = Y_i - F_i`` recovers X bitwise and the F_i in backward see the very inputs of
-    the forward: the gradients are those of ordinary autograd. A float32 stream drifts ~1e-6
-    per layer instead, and a ReLU or max pooling that flips on the drift gives a wrong
-    gradient entry (README, "Exact reconstruction in float32").
+    The F_i still read and compute in the input's dtype. With float64 under a float32 input,
+    ``Y_i = X_i + F_i`` is exact whenever the bits of the two terms span at most 53 (24 each,
+    plus the gap between their exponents), so ``X_i = Y_i - F_i`` recovers X bitwise and
+    the F_i in backward see the very inputs of the forward: the gradients are those of
+    ordinary autograd. A float32 stream drifts ~1e-6 per layer instead, and a ReLU or max
+    pooling that flips on the drift gives a wrong gradient entry (README, "Exact
+    reconstruction in float32").
     """
 
     def __init__(self, layers: Sequence[SplitLayer], memory_saving: bool = True,
@@ -326,7 +327,8 @@ class ReversibleStack(nn.Module):
         return x
 
     def inverse(self, y: Tensor, **ctx: Any) -> Tensor:
-        """X from the top output Y (Eq. 4, top layer first), computed in the stream dtype."""
+        """X from the top output Y (Eq. 4, top layer first), in the stream ``forward`` uses
+        in the same grad mode."""
         y, compute = self.enter(y)
         for layer in reversed(self.layers):
             y = layer.inverse(y, compute=compute, **ctx)

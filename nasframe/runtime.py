@@ -75,8 +75,9 @@ _AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 def autocast(precision: Precision, device: torch.device) -> contextlib.AbstractContextManager:
     """Mixed precision for a forward pass: ``fp32`` runs as is; ``bf16``/``fp16`` run the
-    ops autocast allows in that dtype (the reversible stream stays float32, see
-    ``nasframe.reversible``), with losses computed in float32."""
+    ops autocast allows in that dtype (the reversible stream stays in float64, or float32
+    with ``stream_dtype="model"``, see ``nasframe.reversible``), with losses computed in
+    float32."""
     if precision == "fp32":
         return contextlib.nullcontext()
     if precision not in _AUTOCAST:
