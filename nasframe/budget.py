@@ -25,11 +25,12 @@ def per_layer_bytes(net: Supernet, batch: Batch) -> dict[str, list[int]]:
         memory, memory_mask = net.encode(batch.src)
     out: dict[str, list[int]] = {}
     if isinstance(net.encoder, ReversibleStack):
-        x, compute = net.encoder.enter(net.embed(batch.src), graph=True)  # as training runs
+        # the layers' input as training runs them: in the stack's stream dtype
+        x, compute = net.encoder.into_stream(net.embed(batch.src), graph=True)
         out["encoder"] = layer_saved_bytes(list(net.encoder.layers), x, compute=compute,
                                            padding_mask=src_mask)
     if isinstance(net.decoder, ReversibleStack):
-        x, compute = net.decoder.enter(net.embed(batch.tgt_in), graph=True)
+        x, compute = net.decoder.into_stream(net.embed(batch.tgt_in), graph=True)
         out["decoder"] = layer_saved_bytes(list(net.decoder.layers), x, compute=compute,
                                            padding_mask=tgt_mask, memory=memory,
                                            memory_mask=memory_mask)

@@ -270,7 +270,8 @@ class ReversibleStack(nn.Module):
     path when memory is not the constraint).
 
     ``stream_dtype``: the dtype of the stream, that is the X/Y additions, the stored top
-    output and the reconstruction (None: the input's), where a graph is built (``enter``).
+    output and the reconstruction (None: the input's), where a graph is built
+    (``into_stream``).
     The F_i still read and compute in the input's dtype. With float64 under a float32 input,
     ``Y_i = X_i + F_i`` is exact whenever the bits of the two terms span at most 53 (24 each,
     plus the gap between their exponents), so ``X_i = Y_i - F_i`` recovers X bitwise and
@@ -290,7 +291,8 @@ class ReversibleStack(nn.Module):
         self.keep_last = keep_last
         self.stream_dtype = stream_dtype
 
-    def enter(self, x: Tensor, graph: bool | None = None) -> tuple[Tensor, torch.dtype | None]:
+    def into_stream(self, x: Tensor,
+                    graph: bool | None = None) -> tuple[Tensor, torch.dtype | None]:
         """``x`` in the stream dtype, and the dtype the F_i read (None: the same).
 
         The stream dtype applies where a graph is built (``graph``, default: grad mode on),
@@ -305,7 +307,7 @@ class ReversibleStack(nn.Module):
         return x.to(stream), x.dtype
 
     def forward(self, x: Tensor, **ctx: Any) -> Tensor:
-        x, compute = self.enter(x)
+        x, compute = self.into_stream(x)
         y = self._run(x, compute, ctx)
         return y if compute is None else y.to(compute)
 
@@ -329,7 +331,7 @@ class ReversibleStack(nn.Module):
     def inverse(self, y: Tensor, **ctx: Any) -> Tensor:
         """X from the top output Y (Eq. 4, top layer first), in the stream ``forward`` uses
         in the same grad mode."""
-        y, compute = self.enter(y)
+        y, compute = self.into_stream(y)
         for layer in reversed(self.layers):
             y = layer.inverse(y, compute=compute, **ctx)
         return y if compute is None else y.to(compute)
@@ -342,7 +344,7 @@ class ReversibleStack(nn.Module):
         was_training = self.training
         self.eval()
         try:
-            s, compute = self.enter(x, graph=True)  # the stream training runs in
+            s, compute = self.into_stream(x, graph=True)  # the stream training runs in
             y = s
             for layer in self.layers:
                 y = layer(y, compute=compute, **ctx)

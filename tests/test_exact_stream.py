@@ -91,7 +91,7 @@ def test_stream_dtype_inside_and_outside() -> None:
     assert set(layer_out) == {torch.float32}
     # a float64 input runs as before: no cast anywhere
     s64 = float32_stack(torch.float64, depth=2).double()
-    assert s64.enter(x.double())[1] is None
+    assert s64.into_stream(x.double())[1] is None
 
 
 @pytest.mark.parametrize("keep", [0, 1, 2])
