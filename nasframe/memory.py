@@ -19,8 +19,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 __all__ = ["SavedBytes", "saved_bytes", "peak_bytes", "allocated_peak_bytes", "device_peak_bytes",
-           "measure_step",
-           "choose_keep_layers", "layer_saved_bytes", "step_peak", "StepPeak", "parse_bytes"]
+           "measure_step", "choose_keep_layers", "layer_saved_bytes", "step_peak", "StepPeak",
+           "parse_bytes"]
 
 
 @dataclass

@@ -240,7 +240,7 @@ def _convolve_backward(g: Tensor, u: Tensor, weight: Tensor, bias: Tensor, spec:
                 g_w[:, a - t0:b - t0, :, j] = torch.linalg.vecdot(gv[:, a:b], s[:, shifted])
         del w
         if keep is not None:  # through the dropout, in place
-            g_w.masked_fill_(keep.logical_not(), 0.0).mul_(keep_scale(spec.p))
+            masked_scale(g_w, keep, keep_scale(spec.p), inplace=True)
         # softmax backward in place: probs * (g_w - <g_w, probs>)
         dot = (g_w.unsqueeze(-2) @ probs.unsqueeze(-1)).squeeze(-1)
         g_logits = g_w.sub_(dot).mul_(probs).view(rows, t1 - t0, -1).to(u.dtype)
