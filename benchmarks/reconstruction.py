@@ -8,7 +8,9 @@ stream dtype (``--streams``: float64, ``ModelConfig``'s default, and the model's
   ratios of paired, alternating repetitions, with min/max and quartiles;
 - where the time goes: a plain step, a no-grad forward (the one extra forward that
   reconstruction pays) and the rest (``excess`` = recon - plain - no-grad forward);
-- each for the weight step (every gradient) and the alpha step (weights frozen).
+- each for the weight step and the alpha step, as the bilevel strategies take them: the
+  weights (alpha step) or the alphas (weight step) frozen while the graph is built and
+  trainable again when it is differentiated.
 
     nasframe bench reconstruction [--depths 2 6 12] [--d 96 240] [--streams float64 model]
                                   [--threads 1] [--quick]
@@ -19,26 +21,33 @@ import argparse
 import itertools
 import statistics
 
+from collections.abc import Sequence
+
 import torch
 
 import nasframe as nf
+from nasframe.updates import frozen
 
 from . import _report
 from ._report import positive
 
 
-def _step(model: nf.Supernet, src: torch.Tensor, tgt: torch.Tensor) -> list:
-    """One forward + backward for every parameter that requires grad (in the alpha step the
-    weights are frozen, as the bilevel strategies freeze them)."""
+def _step(model: nf.Supernet, src: torch.Tensor, tgt: torch.Tensor,
+          constants: Sequence[torch.Tensor] = ()) -> list:
+    """One forward + backward as the bilevel strategies take it: ``constants`` (the weights in
+    the alpha step, the alphas in the weight step) are frozen while the graph is built,
+    trainable again when it is differentiated, and get no gradient."""
     torch.manual_seed(1)
-    loss = model(src, tgt).log_softmax(-1).mean()
-    params = [p for p in model.parameters() if p.requires_grad]
+    with frozen(constants):
+        loss = model(src, tgt).log_softmax(-1).mean()
+    skip = {id(p) for p in constants}
+    params = [p for p in model.parameters() if p.requires_grad and id(p) not in skip]
     return list(torch.autograd.grad(loss, params, allow_unused=True))
 
 
-def _freeze_weights(model: nf.Supernet, frozen: bool) -> None:
-    for p in model.weight_parameters():
-        p.requires_grad_(not frozen)
+def _constants(model: nf.Supernet, step: str) -> list[torch.Tensor]:
+    """What the bilevel update freezes in ``step``: the weights for alpha, the alphas for w."""
+    return list(model.weight_parameters() if step == "alpha" else model.arch_parameters())
 
 
 def _set_saving(model: nf.Supernet, on: bool) -> None:
@@ -94,11 +103,10 @@ def run(args: argparse.Namespace) -> None:
         with torch.no_grad():
             drift = model.encoder.drift(model.embed(src), padding_mask=src.eq(0))
         for step in args.steps:
-            _freeze_weights(model, step == "alpha")
             row = {"d": d, "layers per stack": depth, "stream": stream, "step": step,
                    "drift": drift}
-            rows.append(row | _measure(model, src, tgt, args.repeats, device))
-        _freeze_weights(model, False)
+            rows.append(row | _measure(model, src, tgt, args.repeats, device,
+                                       _constants(model, step)))
         if args.profile:
             profiles[f"d={d}, L={depth}, stream {stream}"] = profile_ops(model, src, tgt)
     meta.update({"device": _report.device_label(device), "dtype": "float32",
@@ -113,18 +121,18 @@ def run(args: argparse.Namespace) -> None:
 
 
 def _measure(model: nf.Supernet, src: torch.Tensor, tgt: torch.Tensor, repeats: int,
-             device: torch.device) -> dict[str, float]:
+             device: torch.device, constants: Sequence[torch.Tensor]) -> dict[str, float]:
     """Gradient error and paired timings of reconstruction against plain autograd."""
     grads = {}
     for saving in (False, True):
         _set_saving(model, saving)
-        grads[saving] = _step(model, src, tgt)
+        grads[saving] = _step(model, src, tgt, constants)
     rel = max(((a - b).abs().max() / b.abs().max().clamp_min(1e-30)).item()
               for a, b in zip(grads[True], grads[False]) if a is not None)
 
     def run(saving: bool, m: nf.Supernet = model) -> None:
         _set_saving(m, saving)
-        _step(m, src, tgt)
+        _step(m, src, tgt, constants)
 
     def nograd_forward(m: nf.Supernet = model) -> None:
         with torch.no_grad():

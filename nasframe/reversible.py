@@ -75,6 +75,18 @@ def _seeded(seed: int | None, device: torch.device) -> Iterator[None]:
         yield
 
 
+@contextlib.contextmanager
+def _frozen(params: Sequence[Tensor]) -> Iterator[None]:
+    """Run the block with ``params`` not requiring grad, then restore them."""
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in params:
+            p.requires_grad_(True)
+
+
 def _autocast_state(device: torch.device) -> Autocast:
     kind = device.type
     return (kind, torch.is_autocast_enabled(kind), torch.get_autocast_dtype(kind),
@@ -113,13 +125,16 @@ class SplitLayer(nn.Module):
         self._params = None  # a conversion may swap parameter objects
         return super()._apply(fn, recurse)
 
-    def _parameters_of(self, i: int) -> list[Tensor]:
-        """F_i's parameters that require grad now (the list itself is cached: walking a
-        choice node's module tree on every backward costs more than its small VJPs)."""
+    def _parameters_of(self, i: int, trainable: set[int] | None = None) -> list[Tensor]:
+        """F_i's parameters whose ``id`` is in ``trainable`` (None: those that require grad
+        now). The list itself is cached: walking a choice node's module tree on every backward
+        costs more than its small VJPs."""
         if self._params is None:
             self._params = [list(f.parameters()) if isinstance(f, nn.Module) else []
                             for f in self.functions]
-        return [p for p in self._params[i] if p.requires_grad]
+        if trainable is None:
+            return [p for p in self._params[i] if p.requires_grad]
+        return [p for p in self._params[i] if p.requires_grad and id(p) in trainable]
 
     @property
     def n(self) -> int:
@@ -162,14 +177,16 @@ class SplitLayer(nn.Module):
     def backward_step(self, y: Tensor, dy: Tensor, ctx: dict[str, Any],
                       grads: dict[int, Tensor], seeds: Tensor | None = None,
                       autocast: Autocast | None = None, input_grad: bool = True,
-                      compute: torch.dtype | None = None) -> tuple[Tensor, Tensor | None]:
+                      compute: torch.dtype | None = None,
+                      trainable: set[int] | None = None) -> tuple[Tensor, Tensor | None]:
         """Algorithm 1: from (Y, dY) return (X, dX); add parameter and context grads to ``grads``.
 
         ``grads`` maps ``id(tensor)`` to its accumulated gradient, for the parameters of every
         F_i and the context tensors in ``ctx`` that require grad. ``seeds``: those the forward
         drew; ``autocast``: its autocast state; ``input_grad=False`` (the bottom layer when
         nothing below needs a gradient) skips dX and every VJP into X; ``compute``: the dtype
-        F_i read in forward.
+        F_i read in forward; ``trainable``: the ``id``s of the parameters that get gradients
+        (None: those that require grad now).
         """
         ys = [c.detach().requires_grad_() for c in y.chunk(self.n, dim=-1)]
         g_y = list(dy.chunk(self.n, dim=-1))
@@ -180,14 +197,19 @@ class SplitLayer(nn.Module):
         amp = autocast or _autocast_state(y.device)
         for i in reversed(range(self.n)):
             inp = self._gather(i, ys, xs)  # type: ignore[arg-type]
-            with _seeded(per_f[i], y.device), torch.enable_grad(), _autocast(amp):
+            params = self._parameters_of(i, trainable)
+            # Parameters that require grad now but did not in forward stay constants, so the
+            # recomputed graph is the forward's and saves nothing for gradients nobody wants.
+            idle = [] if trainable is None else [
+                p for p in self._parameters_of(i) if id(p) not in trainable]
+            with _seeded(per_f[i], y.device), torch.enable_grad(), _autocast(amp), \
+                    _frozen(idle):
                 z = self._call(i, inp, compute, ctx)  # serves reconstruction and the VJP
             with torch.enable_grad():
                 z = z.to(y.dtype)
             x_i = (ys[i] - z).detach()  # Eq. 4
             xs[i] = x_i.requires_grad_() if input_grad else x_i
             if z.requires_grad:
-                params = self._parameters_of(i)
                 wanted = [(r, t) for r, t in zip(self.inputs[i], inp) if t.requires_grad]
                 leaves = [t for _, t in wanted] + params + ctx_leaves
                 vjp = torch.autograd.grad(z, leaves, g_y[i], allow_unused=True)
@@ -250,11 +272,16 @@ class _WithReconstruction(torch.autograd.Function):
         ends = [0]
         for layer, has in zip(layers, seeded):
             ends.append(ends[-1] + (layer.n if has else 0))
+        # The parameters that required grad in forward, not those that do now: a graph built
+        # with the weights frozen (the alpha step) wants no weight gradient, and computing one
+        # would double the VJPs' matrix products.
+        trainable = {id(p) for p in fctx.params}
         y, g = y.detach(), dy
         for k in reversed(range(len(layers))):
             seeds = all_seeds[ends[k]:ends[k + 1]] if seeded[k] else None
             y, g = layers[k].backward_step(y, g, ctx, grads, seeds, fctx.autocast,
-                                           input_grad=k > 0 or needs[4], compute=fctx.compute)
+                                           input_grad=k > 0 or needs[4], compute=fctx.compute,
+                                           trainable=trainable)
         ctx_grads = [grads.get(id(t)) for t in leaves]
         param_grads = [grads.get(id(p)) for p in fctx.params]
         return (None, None, None, None, g, *ctx_grads, *param_grads)

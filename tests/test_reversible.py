@@ -244,3 +244,34 @@ def test_vanilla_darts_supernet_kept_bytes_grow_with_candidates():
 def test_split_layer_rejects_non_invertible_inputs():
     with pytest.raises(ValueError, match="not invertible"):
         SplitLayer([lambda xs: xs[0], lambda xs: xs[0]], [[("X", 0)], [("Y", 0)]])
+
+
+@pytest.mark.parametrize("saving", [True, False])
+def test_a_graph_built_with_frozen_weights_computes_no_weight_gradient(saving):
+    """The bilevel alpha step freezes the weights while it builds the graph and asks for the
+    alpha gradients after they are trainable again: reconstruction must recompute the graph
+    forward built, with the weights as constants, as plain autograd does."""
+    from nasframe.updates import frozen
+
+    space = nf.SearchSpace(name="s", encoder=nf.Stack(splits=2, layers=2, choices=["ffn", "glu"]),
+                           decoder=nf.Stack(splits=2, layers=1, choices=["ffn", CROSS]))
+    model = build(space, saving, blocks=1, dropout=0.1)
+    weights, alphas = list(model.weight_parameters()), list(model.arch_parameters())
+    hit: list[int] = []
+    for p in weights:
+        p.register_hook(lambda g, k=len(hit): hit.append(k))
+    src, tgt = batch()
+    torch.manual_seed(7)
+    with frozen(weights):
+        loss = model(src, tgt).log_softmax(-1).square().mean()
+    assert all(p.requires_grad for p in weights)  # trainable again before backward
+    grads = torch.autograd.grad(loss, alphas)
+    assert hit == []  # no weight gradient was computed, not even one thrown away
+    assert all(p.requires_grad for p in weights)  # and the recomputation left them so
+    reference = build(space, False, blocks=1, dropout=0.1)
+    reference.load_state_dict(model.state_dict())
+    torch.manual_seed(7)
+    expected = torch.autograd.grad(reference(src, tgt).log_softmax(-1).square().mean(),
+                                   list(reference.arch_parameters()))
+    for a, b in zip(grads, expected):
+        assert (a - b).abs().max().item() <= 1e-10
