@@ -1,7 +1,8 @@
 """Figure 1 as peak memory: one full search step of vanilla DARTS against DARTSformer, by d.
 
-A search step of a first-order bilevel strategy: an alpha update (forward, backward to the
-alphas, Adam) and a weight update (forward, backward to the weights, Adam), on the search
+A search step of a first-order bilevel strategy: an alpha update (forward with the weights
+frozen, backward to the alphas, Adam) and a weight update (forward with the alphas frozen,
+backward to the weights, Adam), as the strategies take them, on the search
 supernets of the paper's Fig. 1 (2 choice nodes per block-split or sublayer, L=1):
 ``darts`` on the standard Transformer space (``darts-transformer``, ordinary backprop) and
 ``darts-reversible`` on ``dartsformer`` (backprop with reconstruction). The peak counts
@@ -28,7 +29,7 @@ import nasframe as nf
 from nasframe.config import OptimConfig
 from nasframe.memory import parse_bytes, saved_bytes, step_peak
 from nasframe.space import SearchSpace, Stack
-from nasframe.updates import alpha_optimizer, assign_grads, gradients, weight_optimizer
+from nasframe.updates import alpha_optimizer, assign_grads, frozen, gradients, weight_optimizer
 
 from . import _report
 from ._report import positive
@@ -74,22 +75,25 @@ def measure(space: SearchSpace, saving: bool, d: int, args: argparse.Namespace,
     weights = [p for p in model.parameters() if all(p is not a for a in alphas)]
     optim = OptimConfig()
     w_opt, _ = weight_optimizer(weights, optim)
-    steps = [(alpha_optimizer(alphas, optim), alphas)] if alphas else []  # a fixed space: none
-    steps.append((w_opt, weights))
+    # (optimiser, what it updates, what stays constant while the graph is built), as the
+    # bilevel strategies take them
+    steps = [(alpha_optimizer(alphas, optim), alphas, weights)] if alphas else []
+    steps.append((w_opt, weights, alphas))
 
     def step(between) -> None:
-        for k, (opt, params) in enumerate(steps):
+        for k, (opt, params, constants) in enumerate(steps):
             if k:
                 between()
             opt.zero_grad(set_to_none=True)
-            loss = model(src, tgt).log_softmax(-1).mean()
+            with frozen(constants):
+                loss = model(src, tgt).log_softmax(-1).mean()
             assign_grads(params, gradients(loss, params))
             opt.step()
 
     step(lambda: None)  # the optimiser states exist from the first update on
     kept = saved_bytes(lambda: model(src, tgt).log_softmax(-1).sum(),
                        exclude=list(model.parameters())).bytes
-    peak = step_peak(step, model, [opt for opt, _ in steps], device, tracker)
+    peak = step_peak(step, model, [opt for opt, _, _ in steps], device, tracker)
     return {"peak": peak, "kept": kept, "parameters": sum(p.numel() for p in weights)}
 
 

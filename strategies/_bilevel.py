@@ -101,7 +101,9 @@ class BilevelDarts:
         optim, loss_of = self.ctx.config.optim, self.ctx.loss
         xi = optim.unrolled_lr if optim.unrolled_lr is not None else lr
         w0 = [p.detach().clone() for p in self.weights]
-        dw = _zeros_for_none(gradients(loss_of(train), self.weights), self.weights)
+        with frozen(self.alphas):
+            loss_train = loss_of(train)
+        dw = _zeros_for_none(gradients(loss_train, self.weights), self.weights)
         self._set_weights(w0, dw, -xi)  # the unrolled weights w'
         loss_val = loss_of(val)
         grads = gradients(loss_val, [*self.alphas, *self.weights])
@@ -111,12 +113,18 @@ class BilevelDarts:
         eps = optim.fd_eps / max(float(norm), 1e-12)
         with _same_randomness(self.ctx.device):
             self._set_weights(w0, v, eps)
-            g_plus = _zeros_for_none(gradients(loss_of(train), self.alphas), self.alphas)
+            g_plus = self._alpha_grads(train)
         self._set_weights(w0, v, -eps)
-        g_minus = _zeros_for_none(gradients(loss_of(train), self.alphas), self.alphas)
+        g_minus = self._alpha_grads(train)
         self._set_weights(w0)
         hvp = [(gp - gm) / (2 * eps) for gp, gm in zip(g_plus, g_minus)]
         return [da - xi * h for da, h in zip(d_alpha, hvp)], float(loss_val.detach())
+
+    def _alpha_grads(self, batch: Batch) -> list[Tensor]:
+        """grad_alpha L(w, alpha) on ``batch``, the weights constants while the graph is built."""
+        with frozen(self.weights):
+            loss = self.ctx.loss(batch)
+        return _zeros_for_none(gradients(loss, self.alphas), self.alphas)
 
     @torch.no_grad()
     def _set_weights(self, base: Sequence[Tensor], direction: Sequence[Tensor] | None = None,
