@@ -144,3 +144,32 @@ def test_counting_saved_bytes_frees_the_graph() -> None:
 
     assert not graph_outlives_the_count(False)
     assert not graph_outlives_the_count(True)
+
+
+def test_step_peak_with_mem_tracker_on_a_bilevel_update() -> None:
+    """The alpha update freezes the weights while it builds its graph; MemTracker, which hooks
+    each parameter's gradient at its module's first forward, failed on the frozen ones."""
+    from nasframe.memory import step_peak
+    from nasframe.updates import assign_grads, frozen, gradients
+
+    torch.manual_seed(0)
+    cfg = nf.ModelConfig(d_model=48, blocks=1, dropout=0.1)
+    model = nf.Supernet(nf.spaces.get("tiny", layers=1), cfg, vocab_size=30).train()
+    src, tgt = torch.randint(4, 30, (2, 7)), torch.randint(4, 30, (2, 6))
+    alphas, weights = list(model.arch_parameters()), list(model.weight_parameters())
+    opts = [torch.optim.SGD(alphas, lr=0.1), torch.optim.SGD(weights, lr=0.1)]
+
+    def step(between) -> None:
+        for k, (opt, params, constants) in enumerate(zip(opts, (alphas, weights),
+                                                         (weights, alphas))):
+            if k:
+                between()
+            with frozen(constants):
+                loss = model(src, tgt).log_softmax(-1).mean()
+            assign_grads(params, gradients(loss, params))
+            opt.step()
+
+    peak = step_peak(step, model, opts, torch.device("cpu"), "memtracker")
+    assert peak.total > sum(p.nbytes for p in model.parameters())
+    assert peak.categories["weights"] == sum(p.nbytes for p in model.parameters())
+    assert all(p.requires_grad for p in model.parameters())
