@@ -1,7 +1,8 @@
 """Speed against memory, and precision, of backprop with reconstruction.
 
 Part 1, the memory budget (``ModelConfig.keep_layers``): on a DARTSformer supernet (weighted
-choices, dropout 0.1, float32) with L layers per stack, time of one forward + backward and
+choices, dropout 0.1, float32) with L layers per stack, time of one weight step's forward +
+backward (the alphas frozen while the graph is built, as the bilevel strategies take it) and
 the memory it needs for K = 0..L kept layers per stack, against plain autograd
 (``memory_saving=False``). Time: median of paired ratios over alternating repetitions (with
 min/max). Memory: bytes kept for backward (``saved_tensors_hooks``) and the peak during the
@@ -21,6 +22,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import statistics
+from collections.abc import Sequence
 
 import torch
 
@@ -28,6 +30,7 @@ import nasframe as nf
 from nasframe.errors import ConfigError
 from nasframe.memory import device_peak_bytes, saved_bytes
 from nasframe.space import Stack
+from nasframe.updates import frozen
 
 from . import _report
 from ._report import positive
@@ -40,20 +43,26 @@ def _config(model: nf.Supernet, saving: bool, keep: int) -> None:
 
 
 def _step(model: nf.Supernet, src: torch.Tensor, tgt: torch.Tensor,
-          amp: contextlib.AbstractContextManager | None = None) -> list[torch.Tensor]:
+          amp: contextlib.AbstractContextManager | None = None,
+          constants: Sequence[torch.Tensor] = ()) -> list[torch.Tensor]:
+    """Gradients of every parameter but ``constants``, which are frozen while the graph is
+    built (the alphas, for the weight update a bilevel strategy takes)."""
     torch.manual_seed(1)
-    with amp or contextlib.nullcontext():
+    with amp or contextlib.nullcontext(), frozen(constants):
         logits = model(src, tgt)
     loss = logits.float().log_softmax(-1).mean()
-    params = list(model.parameters())
+    skip = {id(p) for p in constants}
+    params = [p for p in model.parameters() if id(p) not in skip]
     grads = torch.autograd.grad(loss, params, allow_unused=True)
     return [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
 
 
 def _peak(model: nf.Supernet, src: torch.Tensor, tgt: torch.Tensor,
           device: torch.device) -> float:
-    """Peak bytes allocated during one step (activations, temporaries, the gradients)."""
-    return device_peak_bytes(lambda: _step(model, src, tgt), device)
+    """Peak bytes allocated during one weight step (activations, temporaries, the
+    gradients)."""
+    alphas = list(model.arch_parameters())
+    return device_peak_bytes(lambda: _step(model, src, tgt, constants=alphas), device)
 
 
 def time_memory(args: argparse.Namespace, device: torch.device, space: nf.SearchSpace,
@@ -65,12 +74,13 @@ def time_memory(args: argparse.Namespace, device: torch.device, space: nf.Search
     cfg = nf.ModelConfig(d_model=d, blocks=args.layers, dropout=0.1)
     model = nf.Supernet(space, cfg, vocab_size=500).to(device).train()
     params = list(model.parameters())
+    alphas = list(model.arch_parameters())
     settings = {"plain": (False, 0), **{f"K={k}": (True, k) for k in range(args.layers + 1)}}
 
     def runner(saving: bool, keep: int):
         def run() -> None:
             _config(model, saving, keep)
-            _step(model, src, tgt)
+            _step(model, src, tgt, constants=alphas)
         return run
 
     times = _report.paired({name: runner(*s) for name, s in settings.items()}, args.repeats,
@@ -78,7 +88,8 @@ def time_memory(args: argparse.Namespace, device: torch.device, space: nf.Search
     rows = []
     for name, (saving, keep) in settings.items():
         _config(model, saving, keep)
-        kept = saved_bytes(lambda: model(src, tgt).sum(), exclude=params).bytes
+        with frozen(alphas):
+            kept = saved_bytes(lambda: model(src, tgt).sum(), exclude=params).bytes
         ratio = _report.ratio_summary(times[name], times["plain"])
         rows.append({"d": d, "setting": name,
                      "kept layers per stack": keep if saving else args.layers,
