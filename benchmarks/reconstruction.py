@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import statistics
-
 from collections.abc import Sequence
 
 import torch

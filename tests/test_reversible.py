@@ -258,8 +258,8 @@ def test_a_graph_built_with_frozen_weights_computes_no_weight_gradient(saving):
     model = build(space, saving, blocks=1, dropout=0.1)
     weights, alphas = list(model.weight_parameters()), list(model.arch_parameters())
     hit: list[int] = []
-    for p in weights:
-        p.register_hook(lambda g, k=len(hit): hit.append(k))
+    for k, p in enumerate(weights):
+        p.register_hook(lambda g, k=k: hit.append(k))
     src, tgt = batch()
     torch.manual_seed(7)
     with frozen(weights):
