@@ -10,6 +10,7 @@ from test_reversible import split_stack, spy_reconstruction
 import nasframe as nf
 from nasframe.errors import ConfigError
 from nasframe.reversible import ReversibleStack
+from nasframe.updates import frozen
 
 
 def float32_stack(stream: torch.dtype | None, depth: int = 8, seed: int = 0) -> ReversibleStack:
@@ -118,9 +119,11 @@ def test_bf16_autocast_reconstructs_bitwise_with_a_float64_stream() -> None:
         assert torch.allclose(a, b, rtol=1e-5, atol=1e-7 * b.abs().max().item())
 
 
-def test_supernet_default_stream_gives_plain_gradients() -> None:
+@pytest.mark.parametrize("update", ["both", "alphas", "weights"])
+def test_supernet_default_stream_gives_plain_gradients(update: str) -> None:
     """``ModelConfig`` carries the reversible stream in float64 by default: a float32 DARTSformer
-    supernet's gradients under reconstruction equal ordinary autograd's."""
+    supernet's gradients under reconstruction equal ordinary autograd's, also for the bilevel
+    steps, which freeze what they do not update while the graph is built."""
     space = nf.spaces.get("tiny")
     torch.manual_seed(0)
     net = nf.Supernet(space, nf.ModelConfig(d_model=48, blocks=3, dropout=0.1),
@@ -129,12 +132,15 @@ def test_supernet_default_stream_gives_plain_gradients() -> None:
     assert net.encoder.stream_dtype == torch.float64
     g = torch.Generator().manual_seed(0)
     src, tgt = torch.randint(4, 60, (4, 9), generator=g), torch.randint(4, 60, (4, 8), generator=g)
-    params = [p for p in net.parameters() if p.requires_grad]
+    alphas, weights = list(net.arch_parameters()), list(net.weight_parameters())
+    params, constants = {"both": (alphas + weights, []), "alphas": (alphas, weights),
+                         "weights": (weights, alphas)}[update]
 
     def step(saving: bool) -> list[torch.Tensor]:
         net.set_memory_saving(saving)
         torch.manual_seed(5)
-        loss = net(src, tgt).log_softmax(-1).mean()
+        with frozen(constants):
+            loss = net(src, tgt).log_softmax(-1).mean()
         return list(torch.autograd.grad(loss, params, allow_unused=True))
 
     for a, b in zip(step(True), step(False)):  # stream_dtype="model": 6e-7 relative apart
