@@ -21,6 +21,11 @@ and runs F_i on a generator seeded with it, in both modes, so replaying F_i's dr
 8 bytes per F_i (saved for backward, counted by ``saved_tensors_hooks``) instead of a 5 KB
 generator state, and the bytes kept stay flat in depth.
 
+Parameters: backward computes the gradients of the parameters that required grad in forward
+and recomputes each F_i with the others frozen, so the recomputed graph is the forward's even
+when the caller unfreezes parameters in between (the bilevel alpha step freezes the weights
+only while it builds its graph).
+
 Precision: the stream (the X/Y additions and the reconstruction) is kept in the stack's
 ``stream_dtype`` (float64 makes reconstruction exact for float32 F_i) or in the dtype of its
 input, while F_i compute in the input's dtype, or lower under autocast; the recomputation in
