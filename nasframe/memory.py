@@ -245,11 +245,19 @@ def step_peak(step: Callable[[Callable[[], None]], Any], model: torch.nn.Module,
     mt.track_external(model, *optimizers)
     with mt:
         # MemTracker hooks each parameter's gradient at its module's first forward and fails on
-        # one frozen then (the bilevel alpha step freezes the weights): hook them all now,
-        # while they are trainable.
+        # one frozen then (the bilevel alpha step freezes the weights, a user may freeze an
+        # embedding): hook them all now, the frozen ones briefly trainable. A hook on a
+        # parameter that gets no gradient never fires.
         hook_all = getattr(mt, "_track_module_params_and_buffers", None)
         if hook_all is not None:
-            hook_all(model, install_grad_hooks=True)
+            frozen_now = [p for p in model.parameters() if not p.requires_grad]
+            for p in frozen_now:
+                p.requires_grad_(True)
+            try:
+                hook_all(model, install_grad_hooks=True)
+            finally:
+                for p in frozen_now:
+                    p.requires_grad_(False)
         step(mt.reset_mod_stats)  # per-module stats only; the global peak is kept
     snap = mt.get_tracker_snapshot("peak").get(device, {})
     cats = {_MEMTRACKER_NAMES.get(getattr(k, "name", str(k)), str(k)): int(v)

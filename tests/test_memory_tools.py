@@ -156,7 +156,9 @@ def test_step_peak_with_mem_tracker_on_a_bilevel_update() -> None:
     cfg = nf.ModelConfig(d_model=48, blocks=1, dropout=0.1)
     model = nf.Supernet(nf.spaces.get("tiny", layers=1), cfg, vocab_size=30).train()
     src, tgt = torch.randint(4, 30, (2, 7)), torch.randint(4, 30, (2, 6))
-    alphas, weights = list(model.arch_parameters()), list(model.weight_parameters())
+    model.embed.requires_grad_(False)  # and a part the user froze for good
+    alphas = list(model.arch_parameters())
+    weights = [p for p in model.weight_parameters() if p.requires_grad]
     opts = [torch.optim.SGD(alphas, lr=0.1), torch.optim.SGD(weights, lr=0.1)]
 
     def step(between) -> None:
@@ -172,4 +174,5 @@ def test_step_peak_with_mem_tracker_on_a_bilevel_update() -> None:
     peak = step_peak(step, model, opts, torch.device("cpu"), "memtracker")
     assert peak.total > sum(p.nbytes for p in model.parameters())
     assert peak.categories["weights"] == sum(p.nbytes for p in model.parameters())
-    assert all(p.requires_grad for p in model.parameters())
+    assert all(p.requires_grad for p in [*alphas, *weights])
+    assert not any(p.requires_grad for p in model.embed.parameters())
