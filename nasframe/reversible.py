@@ -21,10 +21,11 @@ and runs F_i on a generator seeded with it, in both modes, so replaying F_i's dr
 8 bytes per F_i (saved for backward, counted by ``saved_tensors_hooks``) instead of a 5 KB
 generator state, and the bytes kept stay flat in depth.
 
-Parameters: backward computes the gradients of the parameters that required grad in forward
-and recomputes each F_i with the others frozen, so the recomputed graph is the forward's even
-when the caller unfreezes parameters in between (the bilevel alpha step freezes the weights
-only while it builds its graph).
+Parameters: those the modules among the F_i hold (``param_slots``). Backward recomputes F_i
+with the tensors held in forward (a ``torch.func.functional_call`` swap is undone by then), and
+differentiates those that required grad in forward, with the others frozen, so the recomputed
+graph is the forward's: the bilevel alpha step freezes the weights only while it builds its
+graph. A tensor F_i reads that no module holds (a closure's layer) fails the first backward.
 
 Precision: the stream (the X/Y additions and the reconstruction) is kept in the stack's
 ``stream_dtype`` (float64 makes reconstruction exact for float32 F_i) or in the dtype of its
@@ -41,6 +42,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
+
+from nasframe.param_slots import Slot, bound, check_owned, held, label, slots_of, unique
 
 __all__ = ["SplitLayer", "ReversibleStack", "default_inputs", "parse_inputs"]
 
@@ -125,22 +128,22 @@ class SplitLayer(nn.Module):
             bad = [r for r in refs if (r[0] == "X" and r[1] <= i) or (r[0] == "Y" and r[1] >= i)]
             if bad or not refs:
                 raise ValueError(f"split {i + 1}: inputs {refs} make the layer not invertible")
-        self._params: list[list[Tensor]] | None = None  # per F_i, built on first backward
+        self._slots: list[list[Slot]] | None = None  # per F_i, found on first use
+        self._checked: set[int] = set()  # F_i whose recomputed graph was checked
 
     def _apply(self, fn: Any, recurse: bool = True) -> SplitLayer:
-        self._params = None  # a conversion may swap parameter objects
+        self._slots, self._checked = None, set()  # a conversion may swap parameter objects
         return super()._apply(fn, recurse)
 
-    def _parameters_of(self, i: int, trainable: set[int] | None = None) -> list[Tensor]:
-        """F_i's parameters whose ``id`` is in ``trainable`` (None: those that require grad
-        now). The list itself is cached: walking a choice node's module tree on every backward
-        costs more than its small VJPs."""
-        if self._params is None:
-            self._params = [list(f.parameters()) if isinstance(f, nn.Module) else []
-                            for f in self.functions]
-        if trainable is None:
-            return [p for p in self._params[i] if p.requires_grad]
-        return [p for p in self._params[i] if p.requires_grad and id(p) in trainable]
+    def slots(self, i: int) -> list[Slot]:
+        """Where F_i's parameters live (``nasframe.param_slots``), found once."""
+        if self._slots is None:
+            self._slots = [slots_of(f) for f in self.functions]
+        return self._slots[i]
+
+    def held(self) -> list[list[Tensor]]:
+        """The parameter tensors each F_i holds now, one per slot: what forward runs with."""
+        return [held(self.slots(i)) for i in range(self.n)]
 
     @property
     def n(self) -> int:
@@ -183,8 +186,8 @@ class SplitLayer(nn.Module):
     def backward_step(self, y: Tensor, dy: Tensor, ctx: dict[str, Any],
                       grads: dict[int, Tensor], seeds: Tensor | None = None,
                       autocast: Autocast | None = None, input_grad: bool = True,
-                      compute: torch.dtype | None = None,
-                      trainable: set[int] | None = None) -> tuple[Tensor, Tensor | None]:
+                      compute: torch.dtype | None = None, trainable: set[int] | None = None,
+                      params: list[list[Tensor]] | None = None) -> tuple[Tensor, Tensor | None]:
         """Algorithm 1: from (Y, dY) return (X, dX); add parameter and context grads to ``grads``.
 
         ``grads`` maps ``id(tensor)`` to its accumulated gradient, for the parameters of every
@@ -192,7 +195,8 @@ class SplitLayer(nn.Module):
         drew; ``autocast``: its autocast state; ``input_grad=False`` (the bottom layer when
         nothing below needs a gradient) skips dX and every VJP into X; ``compute``: the dtype
         F_i read in forward; ``trainable``: the ``id``s of the parameters that get gradients
-        (None: those that require grad now).
+        (None: those that require grad now); ``params``: the tensors each F_i held in forward
+        (``held()``, None: those it holds now), held again while it is recomputed.
         """
         ys = [c.detach().requires_grad_() for c in y.chunk(self.n, dim=-1)]
         g_y = list(dy.chunk(self.n, dim=-1))
@@ -203,21 +207,26 @@ class SplitLayer(nn.Module):
         amp = autocast or _autocast_state(y.device)
         for i in reversed(range(self.n)):
             inp = self._gather(i, ys, xs)  # type: ignore[arg-type]
-            params = self._parameters_of(i, trainable)
+            tensors = params[i] if params is not None else held(self.slots(i))
+            live = [t for t in unique(tensors) if t.requires_grad]
+            wants = [t for t in live if trainable is None or id(t) in trainable]
             # Parameters that require grad now but did not in forward stay constants, so the
             # recomputed graph is the forward's and saves nothing for gradients nobody wants.
-            idle = [] if trainable is None else [
-                p for p in self._parameters_of(i) if id(p) not in trainable]
-            with _seeded(per_f[i], y.device), torch.enable_grad(), _autocast(amp), \
-                    _frozen(idle):
+            idle = [t for t in live if trainable is not None and id(t) not in trainable]
+            with bound(self.slots(i), tensors), _seeded(per_f[i], y.device), \
+                    torch.enable_grad(), _autocast(amp), _frozen(idle):
                 z = self._call(i, inp, compute, ctx)  # serves reconstruction and the VJP
             with torch.enable_grad():
                 z = z.to(y.dtype)
             x_i = (ys[i] - z).detach()  # Eq. 4
             xs[i] = x_i.requires_grad_() if input_grad else x_i
             if z.requires_grad:
+                if i not in self._checked:  # once per F_i: a graph walk
+                    check_owned(z, [*inp, *live, *ctx_leaves],
+                                f"split {i + 1} of a SplitLayer ({label(self.functions[i])})")
+                    self._checked.add(i)
                 wanted = [(r, t) for r, t in zip(self.inputs[i], inp) if t.requires_grad]
-                leaves = [t for _, t in wanted] + params + ctx_leaves
+                leaves = [t for _, t in wanted] + wants + ctx_leaves
                 vjp = torch.autograd.grad(z, leaves, g_y[i], allow_unused=True)
                 for ((kind, j), _), g in zip(wanted, vjp):
                     if g is None:
@@ -241,12 +250,15 @@ class _WithReconstruction(torch.autograd.Function):
 
     Saved for backward (all through ``save_for_backward``, so torch's memory tools see them):
     the top output, the context tensors that need a gradient, and one int64 seed per F_i.
+    Also kept: the parameter tensors each F_i held (``params``, per layer), which backward
+    holds again while recomputing, since a swap (``torch.func.functional_call``) is undone by
+    then.
     """
 
     @staticmethod
-    def forward(fctx: Any, layers: Sequence[SplitLayer], static_ctx: dict[str, Any],
-                ctx_names: tuple[str, ...], compute: torch.dtype | None, x: Tensor,
-                *tensors: Tensor) -> Tensor:
+    def forward(fctx: Any, layers: Sequence[SplitLayer], params: list[list[list[Tensor]]],
+                static_ctx: dict[str, Any], ctx_names: tuple[str, ...],
+                compute: torch.dtype | None, x: Tensor, *tensors: Tensor) -> Tensor:
         # Detached: the F_i must see plain tensors, not no-grad views of grad-requiring ones
         # (module hooks such as MemTracker's register gradient hooks on their inputs).
         x = x.detach()
@@ -257,7 +269,8 @@ class _WithReconstruction(torch.autograd.Function):
             x = layer(x, seeds=seeds, compute=compute, **ctx)
         drawn = [s for s in seeds if s is not None]
         all_seeds = torch.cat(drawn) if drawn else x.new_zeros(0, dtype=torch.int64)
-        fctx.layers, fctx.static_ctx, fctx.ctx_names = layers, static_ctx, ctx_names
+        fctx.layers, fctx.held, fctx.static_ctx = layers, params, static_ctx
+        fctx.ctx_names = ctx_names
         fctx.compute = compute
         fctx.seeded = [s is not None for s in seeds]
         fctx.autocast = _autocast_state(x.device)
@@ -271,7 +284,7 @@ class _WithReconstruction(torch.autograd.Function):
         y, all_seeds, *ctx_tensors = fctx.saved_tensors
         needs = fctx.needs_input_grad
         leaves = [t.detach().requires_grad_(bool(need))
-                  for t, need in zip(ctx_tensors, needs[5:5 + len(ctx_tensors)])]
+                  for t, need in zip(ctx_tensors, needs[6:6 + len(ctx_tensors)])]
         ctx = {**fctx.static_ctx, **dict(zip(fctx.ctx_names, leaves))}
         grads: dict[int, Tensor] = {}
         layers, seeded = fctx.layers, fctx.seeded
@@ -286,11 +299,11 @@ class _WithReconstruction(torch.autograd.Function):
         for k in reversed(range(len(layers))):
             seeds = all_seeds[ends[k]:ends[k + 1]] if seeded[k] else None
             y, g = layers[k].backward_step(y, g, ctx, grads, seeds, fctx.autocast,
-                                           input_grad=k > 0 or needs[4], compute=fctx.compute,
-                                           trainable=trainable)
+                                           input_grad=k > 0 or needs[5], compute=fctx.compute,
+                                           trainable=trainable, params=fctx.held[k])
         ctx_grads = [grads.get(id(t)) for t in leaves]
         param_grads = [grads.get(id(p)) for p in fctx.params]
-        return (None, None, None, None, g, *ctx_grads, *param_grads)
+        return (None, None, None, None, None, g, *ctx_grads, *param_grads)
 
 
 class ReversibleStack(nn.Module):
@@ -354,8 +367,11 @@ class ReversibleStack(nn.Module):
         if lower:
             names = tuple(k for k, v in ctx.items() if isinstance(v, Tensor) and v.requires_grad)
             static = {k: v for k, v in ctx.items() if k not in names}
-            params = _trainable_parameters(lower)
-            x = _WithReconstruction.apply(lower, static, names, compute, x,
+            held_now = [layer.held() for layer in lower]
+            # each parameter once (shared alphas appear in several layers)
+            params = [t for t in unique(itertools.chain.from_iterable(
+                itertools.chain.from_iterable(held_now))) if t.requires_grad]
+            x = _WithReconstruction.apply(lower, held_now, static, names, compute, x,
                                           *(ctx[k] for k in names), *params)
         for layer in list(self.layers)[split:]:
             x = layer(x, compute=compute, **ctx)
@@ -387,16 +403,3 @@ class ReversibleStack(nn.Module):
         finally:
             self.train(was_training)
 
-
-def _trainable_parameters(layers: Sequence[SplitLayer]) -> list[Tensor]:
-    """Parameters that require grad, each once (shared alphas appear in several layers), from
-    the layers' cached lists: walking the module tree on every forward costs ~1% of a step."""
-    seen: set[int] = set()
-    out = []
-    for layer in layers:
-        for p in itertools.chain.from_iterable(
-                layer._parameters_of(i) for i in range(layer.n)):
-            if id(p) not in seen:
-                seen.add(id(p))
-                out.append(p)
-    return out

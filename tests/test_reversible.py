@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 import nasframe as nf
+from nasframe.errors import SpaceError
 from nasframe.memory import saved_bytes
 from nasframe.reversible import ReversibleStack, SplitLayer
 
@@ -275,3 +276,65 @@ def test_a_graph_built_with_frozen_weights_computes_no_weight_gradient(saving):
                                    list(reference.arch_parameters()))
     for a, b in zip(grads, expected):
         assert (a - b).abs().max().item() <= 1e-10
+
+
+@pytest.mark.parametrize("leaf", [True, False])
+def test_functional_call_with_reconstruction_gives_plain_gradients(leaf):
+    """``torch.func.functional_call`` swaps the parameters for the call and puts the originals
+    back before backward: reconstruction holds the swapped tensors again while it recomputes,
+    so they (or, for computed ones, what they come from) get ordinary autograd's gradients.
+    Before, every one of them got None."""
+    torch.manual_seed(0)
+    stack = split_stack(2, 2, 8, dropout=0.1, causal=False).double().train()
+    x = torch.randn(2, 5, 8, dtype=torch.float64, requires_grad=True)
+    memory = torch.randn(2, 4, 8, dtype=torch.float64, requires_grad=True)
+    named = dict(stack.named_parameters())
+    before = {n: p.detach().clone() for n, p in named.items()}
+
+    def grads(saving: bool) -> list[torch.Tensor]:
+        stack.memory_saving = saving
+        if leaf:  # new leaves, as a meta-learner's fast weights
+            sub = {n: (1.5 * p.detach()).requires_grad_() for n, p in named.items()}
+            wrt = list(sub.values())
+        else:  # computed from the parameters, as DARTS' unrolled w - xi * grad
+            sub = {n: p - 0.1 * p.detach().sin() for n, p in named.items()}
+            wrt = list(named.values())
+        torch.manual_seed(3)
+        y = torch.func.functional_call(stack, sub, (x,), {"memory": memory})
+        return list(torch.autograd.grad((y * y.detach().cos()).sum(), [x, memory, *wrt]))
+
+    saving, plain = grads(True), grads(False)
+    for a, b in zip(saving, plain):
+        assert (a - b).abs().max().item() <= 1e-10
+    assert all(g.abs().sum() > 0 for g in saving[2:])
+    assert all(named[n] is p and torch.equal(p, before[n]) for n, p in stack.named_parameters())
+
+
+def test_a_layer_in_a_closure_fails_the_first_backward_instead_of_getting_no_gradient():
+    lin = nn.Linear(4, 4)  # not owned by any module of the layer
+
+    def closure(inputs, **ctx):
+        return torch.tanh(lin(torch.stack(inputs).amax(0)))
+
+    owned = nn.Linear(4, 4)
+
+    class Owned(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = owned
+
+        def forward(self, inputs, **ctx):
+            return torch.tanh(self.lin(torch.stack(inputs).amax(0)))
+
+    x = torch.randn(2, 3, 8, requires_grad=True)
+    stack = ReversibleStack([SplitLayer([Owned(), closure])])
+    with pytest.raises(SpaceError, match=r"split 2 of a SplitLayer \(function\) reads 2 "
+                                           r"tensor\(s\) that require grad but are not"):
+        stack(x).sum().backward()
+    stack.memory_saving = False  # ordinary autograd reaches the closure's layer
+    stack(x).sum().backward()
+    assert lin.weight.grad is not None
+    lin.requires_grad_(False)  # a constant is fine with reconstruction
+    stack.memory_saving, x.grad, owned.weight.grad = True, None, None
+    stack(x).sum().backward()
+    assert owned.weight.grad is not None and x.grad is not None

@@ -17,16 +17,19 @@ import nasframe as nf
 from torch import nn
 
 
+class GatedFFN(nn.Module):
+    def __init__(self, dim, expansion):
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(dim, 2 * expansion * dim), nn.GLU(),
+                                  nn.Linear(expansion * dim, dim))
+
+    def forward(self, x, ctx):
+        return self.body(x)
+
+
 @nf.register_op("gated_ffn_cli")
 def gated_ffn(dim, *, causal, dropout, expansion=2):
-    body = nn.Sequential(nn.Linear(dim, 2 * expansion * dim), nn.GLU(),
-                         nn.Linear(expansion * dim, dim))
-
-    class Body(nn.Module):
-        def forward(self, x, ctx):
-            return body(x)
-
-    return nf.Residual(dim, Body(), dropout)
+    return nf.Residual(dim, GatedFFN(dim, expansion), dropout)
 
 
 SPACE = nf.SearchSpace(
