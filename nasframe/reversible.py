@@ -250,13 +250,13 @@ class _WithReconstruction(torch.autograd.Function):
 
     Saved for backward (all through ``save_for_backward``, so torch's memory tools see them):
     the top output, the context tensors that need a gradient, and one int64 seed per F_i.
-    Also kept: the parameter tensors each F_i held (``params``, per layer), which backward
+    Also kept: the parameter tensors each F_i held (``layer_params``), which backward
     holds again while recomputing, since a swap (``torch.func.functional_call``) is undone by
     then.
     """
 
     @staticmethod
-    def forward(fctx: Any, layers: Sequence[SplitLayer], params: list[list[list[Tensor]]],
+    def forward(fctx: Any, layers: Sequence[SplitLayer], layer_params: list[list[list[Tensor]]],
                 static_ctx: dict[str, Any], ctx_names: tuple[str, ...],
                 compute: torch.dtype | None, x: Tensor, *tensors: Tensor) -> Tensor:
         # Detached: the F_i must see plain tensors, not no-grad views of grad-requiring ones
@@ -269,7 +269,7 @@ class _WithReconstruction(torch.autograd.Function):
             x = layer(x, seeds=seeds, compute=compute, **ctx)
         drawn = [s for s in seeds if s is not None]
         all_seeds = torch.cat(drawn) if drawn else x.new_zeros(0, dtype=torch.int64)
-        fctx.layers, fctx.held, fctx.static_ctx = layers, params, static_ctx
+        fctx.layers, fctx.held, fctx.static_ctx = layers, layer_params, static_ctx
         fctx.ctx_names = ctx_names
         fctx.compute = compute
         fctx.seeded = [s is not None for s in seeds]
