@@ -80,15 +80,30 @@ class World:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    owns_group: bool = False  # from_env started the process group: close() ends it
 
     @classmethod
     def from_env(cls, device: torch.device) -> World:
         size = int(os.environ.get("WORLD_SIZE", "1"))
         if size <= 1:
             return cls()
-        if not dist.is_initialized():
+        owns = not dist.is_initialized()
+        if owns:
             dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-        return cls(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
+        return cls(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)),
+                   owns)
+
+    def close(self, wait: bool = True) -> None:
+        """End the process group this world started, as torch asks of every program; with
+        ``wait``, once every rank got here (a failing rank does not wait for the others). Left
+        to interpreter exit, each rank tore its group down while the other could still be
+        working: one CI run saw a rank abort with "terminate called without an active
+        exception", the likely cause."""
+        if self.owns_group and dist.is_initialized():
+            if wait:
+                dist.barrier()
+            dist.destroy_process_group()
+            self.owns_group = False
 
     @property
     def main(self) -> bool:

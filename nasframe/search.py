@@ -218,6 +218,18 @@ def search(space: SearchSpace | str | None = None,
 
     device = resolve_device(cfg.device)
     world = World.from_env(device)
+    try:
+        result = _run(cfg, space_obj, strat, data, run, out, world, device, resume, progress)
+    except BaseException:
+        world.close(wait=False)
+        raise
+    world.close()
+    return result
+
+
+def _run(cfg: SearchConfig, space_obj: SearchSpace, strat: Strategy, data: Any,
+         run: RunDir | None, out: str | Path | None, world: World, device: torch.device,
+         resume: bool, progress: bool) -> SearchResult:
     if device.type == "cuda" and world.world_size > 1:
         device = torch.device("cuda", world.local_rank)
     own_vocab = Vocab.load(run.file(VOCAB)) if run is not None and run.file(VOCAB).is_file() \
