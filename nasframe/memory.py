@@ -18,6 +18,8 @@ from torch import Tensor
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
+from nasframe.param_slots import requiring_grad
+
 __all__ = ["SavedBytes", "saved_bytes", "peak_bytes", "allocated_peak_bytes", "device_peak_bytes",
            "measure_step", "choose_keep_layers", "layer_saved_bytes", "step_peak", "StepPeak",
            "parse_bytes"]
@@ -250,14 +252,8 @@ def step_peak(step: Callable[[Callable[[], None]], Any], model: torch.nn.Module,
         # parameter that gets no gradient never fires.
         hook_all = getattr(mt, "_track_module_params_and_buffers", None)
         if hook_all is not None:
-            frozen_now = [p for p in model.parameters() if not p.requires_grad]
-            for p in frozen_now:
-                p.requires_grad_(True)
-            try:
+            with requiring_grad(list(model.parameters()), True):
                 hook_all(model, install_grad_hooks=True)
-            finally:
-                for p in frozen_now:
-                    p.requires_grad_(False)
         step(mt.reset_mod_stats)  # per-module stats only; the global peak is kept
     snap = mt.get_tracker_snapshot("peak").get(device, {})
     cats = {_MEMTRACKER_NAMES.get(getattr(k, "name", str(k)), str(k)): int(v)

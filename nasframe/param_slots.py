@@ -23,8 +23,8 @@ from torch import Tensor, nn
 
 from nasframe.errors import SpaceError
 
-__all__ = ["Slot", "slots_of", "held", "unique", "bound", "foreign_leaves", "check_owned",
-           "label"]
+__all__ = ["Slot", "slots_of", "held", "unique", "bound", "requiring_grad", "foreign_leaves",
+           "check_owned", "label"]
 
 Slot = tuple[nn.Module, str]
 
@@ -68,6 +68,20 @@ def bound(slots: Sequence[Slot], tensors: Sequence[Tensor]) -> Iterator[None]:
     finally:
         for m, name, now in reversed(swapped):
             m._parameters[name] = now
+
+
+@contextlib.contextmanager
+def requiring_grad(params: Sequence[Tensor], flag: bool) -> Iterator[None]:
+    """Set ``requires_grad`` of ``params`` (leaves) to ``flag`` for the block, then put back
+    what each had."""
+    was = [p.requires_grad for p in params]
+    for p in params:
+        p.requires_grad_(flag)
+    try:
+        yield
+    finally:
+        for p, flag_before in zip(params, was):
+            p.requires_grad_(flag_before)
 
 
 def foreign_leaves(out: Tensor, known: Iterable[Tensor]) -> list[Tensor]:

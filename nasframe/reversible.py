@@ -35,7 +35,6 @@ backward runs under the autocast state of the forward, so it evaluates the same 
 from __future__ import annotations
 
 import contextlib
-import itertools
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -43,7 +42,16 @@ import torch
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
-from nasframe.param_slots import Slot, bound, check_owned, held, label, slots_of, unique
+from nasframe.param_slots import (
+    Slot,
+    bound,
+    check_owned,
+    held,
+    label,
+    requiring_grad,
+    slots_of,
+    unique,
+)
 
 __all__ = ["SplitLayer", "ReversibleStack", "default_inputs", "parse_inputs"]
 
@@ -82,18 +90,6 @@ def _seeded(seed: int | None, device: torch.device) -> Iterator[None]:
             index = device.index if device.index is not None else torch.cuda.current_device()
             torch.cuda.default_generators[index].manual_seed(seed)
         yield
-
-
-@contextlib.contextmanager
-def _frozen(params: Sequence[Tensor]) -> Iterator[None]:
-    """Run the block with ``params`` not requiring grad, then restore them."""
-    for p in params:
-        p.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for p in params:
-            p.requires_grad_(True)
 
 
 def _autocast_state(device: torch.device) -> Autocast:
@@ -214,7 +210,7 @@ class SplitLayer(nn.Module):
             # recomputed graph is the forward's and saves nothing for gradients nobody wants.
             idle = [t for t in live if trainable is not None and id(t) not in trainable]
             with bound(self.slots(i), tensors), _seeded(per_f[i], y.device), \
-                    torch.enable_grad(), _autocast(amp), _frozen(idle):
+                    torch.enable_grad(), _autocast(amp), requiring_grad(idle, False):
                 z = self._call(i, inp, compute, ctx)  # serves reconstruction and the VJP
             with torch.enable_grad():
                 z = z.to(y.dtype)
@@ -369,8 +365,8 @@ class ReversibleStack(nn.Module):
             static = {k: v for k, v in ctx.items() if k not in names}
             held_now = [layer.held() for layer in lower]
             # each parameter once (shared alphas appear in several layers)
-            params = [t for t in unique(itertools.chain.from_iterable(
-                itertools.chain.from_iterable(held_now))) if t.requires_grad]
+            params = [t for t in unique(t for layer in held_now for f in layer for t in f)
+                      if t.requires_grad]
             x = _WithReconstruction.apply(lower, held_now, static, names, compute, x,
                                           *(ctx[k] for k in names), *params)
         for layer in list(self.layers)[split:]:

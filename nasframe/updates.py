@@ -14,7 +14,7 @@ __all__ = ["all_finite", "alpha_optimizer", "assign_grads", "clip", "frozen", "g
 
 import contextlib
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -22,6 +22,7 @@ from torch.optim import Adam
 from torch.optim.lr_scheduler import LambdaLR
 
 from nasframe.config import OptimConfig
+from nasframe.param_slots import requiring_grad
 from nasframe.runtime import inverse_sqrt
 from nasframe.strategy import SearchContext
 
@@ -61,21 +62,13 @@ def clip(params: Sequence[Tensor], max_norm: float | None) -> float:
     return float(nn.utils.clip_grad_norm_(with_grad, max_norm))
 
 
-@contextlib.contextmanager
-def frozen(params: Sequence[Tensor]) -> Iterator[None]:
+def frozen(params: Sequence[Tensor]) -> contextlib.AbstractContextManager[None]:
     """Build the graph with ``params`` as constants: a loss differentiated only for other
     parameters then neither keeps activations for their gradients nor computes them. Backprop
     with reconstruction recomputes each layer under the freeze its forward saw, though
     ``params`` are trainable again by then; without the freeze it would compute every
     trainable parameter's gradient in each VJP and throw the unwanted ones away."""
-    was = [p.requires_grad for p in params]
-    for p in params:
-        p.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for p, flag in zip(params, was):
-            p.requires_grad_(flag)
+    return requiring_grad(params, False)
 
 
 def weight_update(ctx: SearchContext, weights: Sequence[Tensor], loss: Tensor, opt: Adam,
