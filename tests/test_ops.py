@@ -370,6 +370,28 @@ def test_gradients_stay_finite_with_fully_masked_rows(case: tuple[str, dict[str,
     assert all(torch.isfinite(p.grad).all() for p in op.parameters() if p.grad is not None)
 
 
+def test_attend_matches_masked_softmax_and_zeroes_queries_without_keys() -> None:
+    """``attend`` against softmax(q k^T / sqrt(d), -inf at masked keys) v in float64; a query
+    whose keys are all masked gets a zero context and passes no gradient to q, k or v."""
+    from nasframe.ops.attention import MultiHeadAttention
+
+    torch.manual_seed(0)
+    att = MultiHeadAttention(12, heads=3, dropout=0.0).double()
+    q, k, v = (torch.randn(2, 3, 5, 4, dtype=torch.float64, requires_grad=True)
+               for _ in range(3))
+    masked = torch.zeros(2, 1, 5, 5, dtype=torch.bool)
+    masked[0, :, :, 3:] = True  # padded keys
+    masked[1, :, 2, :] = True  # query 2 of sentence 1 sees nothing
+    out = att.attend(q, k, v, masked)
+    scores = (q @ k.transpose(-2, -1) / 2.0).masked_fill(masked, float("-inf"))
+    ref = torch.nan_to_num(scores.softmax(-1)) @ v
+    ref = att.out_proj(ref.transpose(1, 2).reshape(2, 5, 12))
+    assert torch.allclose(out, ref, rtol=0, atol=1e-12)
+    assert torch.equal(out[1, 2], att.out_proj.bias)  # zero context: the bias alone
+    out[1, 2].sum().backward()
+    assert all(t.grad is not None and not t.grad.any() for t in (q, k, v))
+
+
 # ----------------------------------------------------------------------------- dropout
 
 

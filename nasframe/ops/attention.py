@@ -79,13 +79,17 @@ class MultiHeadAttention(nn.Module):
         """Scaled dot-product attention over heads; ``masked`` broadcasts to the score shape.
 
         Masked scores get the dtype's most negative finite value rather than -inf (no NaN in
-        a fully masked row), and their probabilities are then set to exactly zero: a no-op
-        for rows with a visible key, zeros for rows without one.
+        a fully masked row), so their probabilities underflow to exactly zero in any row with
+        a visible key; a query without one gets zeros, set on its (small) context row rather
+        than on its probabilities. The scale falls on ``q`` and the mask is written in place:
+        every pass over the (batch, heads, time, time) scores is memory-bound, and these two
+        save two of them (and one of the backward's) per call.
         """
-        scores = q @ k.transpose(-2, -1) / math.sqrt(self.head_dim)
-        scores = scores.masked_fill(masked, torch.finfo(scores.dtype).min)
-        probs = scores.softmax(dim=-1).masked_fill(masked, 0.0)
+        scores = (q * (1.0 / math.sqrt(self.head_dim))) @ k.transpose(-2, -1)
+        scores.masked_fill_(masked, torch.finfo(scores.dtype).min)
+        probs = scores.softmax(dim=-1)
         context = self.attention_dropout(probs) @ v  # (batch, heads, q_time, head_dim)
+        context = context.masked_fill(masked.all(dim=-1, keepdim=True), 0.0)
         batch, _, time, _ = context.shape
         return self.out_proj(context.transpose(1, 2).reshape(batch, time, -1))
 
