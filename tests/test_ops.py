@@ -18,7 +18,9 @@ from nasframe.ops import (
     create_op,
     op_factory,
 )
+from nasframe.ops.attention import MultiHeadAttention, weigh_values
 from nasframe.ops.conv import DynamicConv, StandardConv
+from nasframe.ops.dropout import dropout, keep_mask, keep_scale
 
 DIM = 8
 MEMORY_DIM = 6
@@ -373,8 +375,6 @@ def test_gradients_stay_finite_with_fully_masked_rows(case: tuple[str, dict[str,
 def test_attend_matches_masked_softmax_and_zeroes_queries_without_keys() -> None:
     """``attend`` against softmax(q k^T / sqrt(d), -inf at masked keys) v in float64; a query
     whose keys are all masked gets a zero context and passes no gradient to q, k or v."""
-    from nasframe.ops.attention import MultiHeadAttention
-
     torch.manual_seed(0)
     att = MultiHeadAttention(12, heads=3, dropout=0.0).double()
     q, k, v = (torch.randn(2, 3, 5, 4, dtype=torch.float64, requires_grad=True)
@@ -390,6 +390,44 @@ def test_attend_matches_masked_softmax_and_zeroes_queries_without_keys() -> None
     assert torch.equal(out[1, 2], att.out_proj.bias)  # zero context: the bias alone
     out[1, 2].sum().backward()
     assert all(t.grad is not None and not t.grad.any() for t in (q, k, v))
+
+
+def test_weigh_values_gives_autograd_gradients_and_keeps_one_score_sized_float() -> None:
+    """Attention's dropout and ``@ v`` in one function: bitwise autograd's gradients in float32
+    (and gradcheck in float64), with one float (batch, heads, time, time) tensor kept, not
+    two."""
+    torch.manual_seed(0)
+    scores = torch.randn(2, 3, 5, 5, requires_grad=True)
+    v = torch.randn(2, 3, 5, 4, requires_grad=True)
+    g = torch.randn(2, 3, 5, 4)
+    torch.manual_seed(1)
+    ref = dropout(scores.softmax(-1), 0.3) @ v  # ordinary autograd, the same mask
+    torch.manual_seed(1)
+    keep = keep_mask(scores.shape, 0.3)
+    saved: list[Tensor] = []
+
+    def pack(t: Tensor) -> Tensor:
+        saved.append(t)
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = weigh_values(scores, v, keep, keep_scale(0.3))
+    assert torch.equal(out, ref)
+    assert all(torch.equal(a, b) for a, b in zip(torch.autograd.grad(out, (scores, v), g),
+                                                  torch.autograd.grad(ref, (scores, v), g)))
+    def score_sized(tensors: list[Tensor]) -> list[str]:  # one entry per storage
+        found = {t.untyped_storage().data_ptr(): str(t.dtype) for t in tensors
+                 if t.numel() == scores.numel()}
+        return sorted(found.values())
+
+    assert score_sized(saved) == ["torch.bool", "torch.float32"]
+    saved.clear()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        dropout(scores.softmax(-1), 0.3) @ v
+    assert score_sized(saved) == ["torch.bool", "torch.float32", "torch.float32"]
+    s64, v64 = (t.detach().double().requires_grad_() for t in (scores, v))
+    assert torch.autograd.gradcheck(lambda s, w: weigh_values(s, w, keep, keep_scale(0.3)),
+                                    (s64, v64))
 
 
 # ----------------------------------------------------------------------------- dropout

@@ -19,13 +19,15 @@ covers the positions in ``x`` only.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 
 from nasframe.errors import NasframeError, SpaceError
 from nasframe.ops.base import Context, Operation, Residual, register_op, zeros_at_padding
-from nasframe.ops.dropout import Dropout
+from nasframe.ops.dropout import Dropout, keep_mask, keep_scale, masked_scale
 
 __all__ = [
     "CrossAttention",
@@ -35,6 +37,7 @@ __all__ = [
     "check_mask",
     "cross_attention",
     "self_attention",
+    "weigh_values",
 ]
 
 
@@ -87,11 +90,61 @@ class MultiHeadAttention(nn.Module):
         """
         scores = (q * (1.0 / math.sqrt(self.head_dim))) @ k.transpose(-2, -1)
         scores.masked_fill_(masked, torch.finfo(scores.dtype).min)
-        probs = scores.softmax(dim=-1)
-        context = self.attention_dropout(probs) @ v  # (batch, heads, q_time, head_dim)
+        context = self._weigh(scores, v)  # (batch, heads, q_time, head_dim)
         context = context.masked_fill(masked.all(dim=-1, keepdim=True), 0.0)
         batch, _, time, _ = context.shape
         return self.out_proj(context.transpose(1, 2).reshape(batch, time, -1))
+
+
+    def _weigh(self, scores: Tensor, v: Tensor) -> Tensor:
+        """``dropout(softmax(scores)) @ v``; in training, through ``weigh_values``."""
+        p = self.attention_dropout.p
+        if not self.training or p == 0.0 or p >= 1.0:
+            return self.attention_dropout(scores.softmax(dim=-1)) @ v
+        return weigh_values(scores, v, keep_mask(scores.shape, p, scores.device), keep_scale(p))
+
+
+def weigh_values(scores: Tensor, v: Tensor, keep: Tensor, scale: float) -> Tensor:
+    """``masked_scale(softmax(scores), keep, scale) @ v``: attention's dropout on its
+    probabilities and the weighted sum of the values, keeping for backward the probabilities,
+    the ``bool`` mask and ``v`` only (``_WeighValues``)."""
+    if torch.is_grad_enabled() and (scores.requires_grad or v.requires_grad):
+        return _WeighValues.apply(scores, v, keep, scale)
+    return masked_scale(scores.softmax(dim=-1), keep, scale) @ v  # the same ops, no graph
+
+
+class _WeighValues(torch.autograd.Function):
+    """Ordinary autograd keeps both the probabilities (for the softmax) and the dropped
+    probabilities (for ``@ v``): two (batch, heads, time, time) tensors, the largest an
+    attention op keeps. This keeps the first and the mask, and redraws nothing: backward
+    recomputes the dropped probabilities with one pass, and otherwise runs the very products
+    autograd would, so its gradients are autograd's to the bit."""
+
+    @staticmethod
+    def forward(ctx: Any, scores: Tensor, v: Tensor, keep: Tensor, scale: float) -> Tensor:
+        v = v.contiguous()  # a view of the fused projection would keep all of it alive
+        probs = scores.softmax(dim=-1)
+        out = masked_scale(probs, keep, scale) @ v  # under autocast: the autocast dtype
+        ctx.save_for_backward(probs, keep, v)
+        ctx.scale, ctx.dtype, ctx.scores_dtype = scale, out.dtype, scores.dtype
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, g: Tensor) -> tuple[Tensor | None, Tensor | None, None, None]:
+        probs, keep, v = ctx.saved_tensors
+        g = g.to(ctx.dtype)
+        g_scores = g_v = None
+        if ctx.needs_input_grad[1]:
+            dropped = masked_scale(probs, keep, ctx.scale).to(ctx.dtype)
+            g_v = (dropped.transpose(-2, -1) @ g).to(v.dtype)
+            del dropped
+        if ctx.needs_input_grad[0]:
+            g_p = (g @ v.to(ctx.dtype).transpose(-2, -1)).to(probs.dtype)
+            masked_scale(g_p, keep, ctx.scale, inplace=True)
+            g_scores = torch._softmax_backward_data(g_p, probs, -1, probs.dtype)
+            g_scores = g_scores.to(ctx.scores_dtype)
+        return g_scores, g_v, None, None
 
 
 class SelfAttention(MultiHeadAttention):
