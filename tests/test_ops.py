@@ -20,7 +20,8 @@ from nasframe.ops import (
 )
 from nasframe.ops.attention import MultiHeadAttention, weigh_values
 from nasframe.ops.conv import DynamicConv, StandardConv
-from nasframe.ops.dropout import dropout, keep_mask, keep_scale
+from nasframe.ops.dropout import Dropout, dropout, keep_mask, keep_scale
+from nasframe.ops.ffn import _ActivateDropProject, activate_drop_project
 
 DIM = 8
 MEMORY_DIM = 6
@@ -428,6 +429,48 @@ def test_weigh_values_gives_autograd_gradients_and_keeps_one_score_sized_float()
     s64, v64 = (t.detach().double().requires_grad_() for t in (scores, v))
     assert torch.autograd.gradcheck(lambda s, w: weigh_values(s, w, keep, keep_scale(0.3)),
                                     (s64, v64))
+
+
+@pytest.mark.parametrize("autocast", [False, True], ids=["float32", "bf16-autocast"])
+@pytest.mark.parametrize("kind", ["relu", "glu"])
+def test_ffn_inner_dropout_gives_autograd_gradients_without_keeping_the_dropped_input(
+        kind: str, autocast: bool) -> None:
+    """``activate_drop_project`` against ``outer(dropout(act(h)))`` under ordinary autograd:
+    the same output and gradients to the bit, and one hidden-wide tensor fewer kept."""
+    torch.manual_seed(0)
+    hidden = 24
+    outer = torch.nn.Linear(hidden, 8)
+    h = torch.randn(3, 5, hidden * (2 if kind == "glu" else 1), requires_grad=True)
+    g = torch.randn(3, 5, 8)
+    act = F.relu if kind == "relu" else (lambda t: F.glu(t, dim=-1))
+    kept: dict[str, int] = {}  # floating storages as wide as the activation
+    results = {}
+    for name in ("autograd", "fused"):
+        storages: set[int] = set()
+
+        def pack(t: Tensor, storages: set[int] = storages) -> Tensor:
+            if t.is_floating_point() and t.numel() == 3 * 5 * hidden:
+                storages.add(t.untyped_storage().data_ptr())
+            return t
+
+        torch.manual_seed(1)
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), \
+                torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            if name == "autograd":
+                out = outer(dropout(act(h), 0.3))
+            else:
+                out = activate_drop_project(h, kind, Dropout(0.3), outer)  # type: ignore[arg-type]
+        kept[name] = len(storages)
+        results[name] = (out, *torch.autograd.grad(out, (h, outer.weight, outer.bias),
+                                                   g.to(out.dtype)))
+    assert all(torch.equal(a, b) for a, b in zip(results["fused"], results["autograd"]))
+    # ReLU keeps its output either way; the dropped activation is kept by autograd only
+    assert kept == {"autograd": 2 if kind == "relu" else 1, "fused": kept["autograd"] - 1}
+    h64, w64, b64 = (t.detach().double().requires_grad_() for t in (h, outer.weight, outer.bias))
+    keep = keep_mask((3, 5, hidden), 0.3)
+    assert torch.autograd.gradcheck(
+        lambda x, w, b: _ActivateDropProject.apply(x, w, b, keep, keep_scale(0.3), kind),
+        (h64, w64, b64))
 
 
 # ----------------------------------------------------------------------------- dropout

@@ -8,14 +8,20 @@ compares gating with ReLU and nothing else.
 """
 from __future__ import annotations
 
+from typing import Any, Literal
+
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 
 from nasframe.errors import SpaceError
 from nasframe.ops.base import Context, Operation, Residual, register_op
-from nasframe.ops.dropout import Dropout
+from nasframe.ops.dropout import Dropout, keep_mask, keep_scale, masked_scale
 
-__all__ = ["FeedForward", "GatedFeedForward", "ffn", "glu"]
+__all__ = ["FeedForward", "GatedFeedForward", "activate_drop_project", "ffn", "glu"]
+
+Activation = Literal["relu", "glu"]
 
 
 def _hidden_width(op: str, dim: int, expansion: int) -> int:
@@ -34,7 +40,7 @@ class FeedForward(nn.Module):
         self.outer = nn.Linear(hidden, dim)
 
     def forward(self, x: Tensor, ctx: Context) -> Tensor:
-        return self.outer(self.dropout(F.relu(self.inner(x))))
+        return activate_drop_project(self.inner(x), "relu", self.dropout, self.outer)
 
 
 class GatedFeedForward(nn.Module):
@@ -51,7 +57,74 @@ class GatedFeedForward(nn.Module):
         self.outer = nn.Linear(hidden, dim)
 
     def forward(self, x: Tensor, ctx: Context) -> Tensor:
-        return self.outer(self.dropout(F.glu(self.inner(x), dim=-1)))
+        return activate_drop_project(self.inner(x), "glu", self.dropout, self.outer)
+
+
+def _activate(h: Tensor, kind: Activation) -> Tensor:
+    return F.relu(h) if kind == "relu" else F.glu(h, dim=-1)
+
+
+def activate_drop_project(h: Tensor, kind: Activation, dropout: Dropout,
+                          outer: nn.Linear) -> Tensor:
+    """``outer(dropout(act(h)))``. In training, through ``_ActivateDropProject``: the dropped
+    activation, the largest tensor ordinary autograd keeps here (the ``outer`` layer's input,
+    ``hidden`` wide), is not kept but recomputed in backward from the mask."""
+    p = dropout.p
+    if not dropout.training or p == 0.0 or p >= 1.0:
+        return outer(dropout(_activate(h, kind)))
+    width = h.size(-1) if kind == "relu" else h.size(-1) // 2
+    keep = keep_mask((*h.shape[:-1], width), p, h.device)
+    w, b = outer.weight, outer.bias
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (h, w, b)):
+        return _ActivateDropProject.apply(h, w, b, keep, keep_scale(p), kind)
+    return F.linear(masked_scale(_activate(h, kind), keep, keep_scale(p)), w, b)  # no graph
+
+
+class _ActivateDropProject(torch.autograd.Function):
+    """``F.linear(masked_scale(act(h), keep, scale), w, b)`` keeping the ReLU's output (which
+    ordinary autograd keeps for the ReLU anyway) or the GLU's input (likewise), the ``bool``
+    mask and ``w``. Backward recomputes the dropped activation (two passes, a third for the GLU,
+    in place so that the GLU's backward peaks no higher than autograd's)
+    and then calls the products and derivative kernels ordinary autograd calls, in its order,
+    so the gradients are autograd's to the bit (tested) for the 2-D and contiguous 3-D inputs
+    ``F.linear`` folds into one ``addmm``. Under autocast the product runs in the autocast
+    dtype, as ``F.linear`` would."""
+
+    @staticmethod
+    def forward(ctx: Any, h: Tensor, w: Tensor, b: Tensor | None, keep: Tensor, scale: float,
+                kind: Activation) -> Tensor:
+        a = _activate(h, kind)
+        out = F.linear(masked_scale(a, keep, scale), w, b)
+        ctx.save_for_backward(a if kind == "relu" else h, keep, w)
+        ctx.scale, ctx.kind, ctx.dtype = scale, kind, out.dtype
+        ctx.has_bias = b is not None
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, g: Tensor) -> tuple[Tensor | None, ...]:
+        saved, keep, w = ctx.saved_tensors
+        dtype, kind = ctx.dtype, ctx.kind
+        g2 = g.to(dtype).reshape(-1, g.size(-1))
+        g_h = g_w = g_b = None
+        if ctx.needs_input_grad[1]:
+            if kind == "relu":  # the saved output itself: not in place
+                dropped = masked_scale(saved, keep, ctx.scale).to(dtype)
+            else:  # a fresh GLU output: dropped in place, one hidden-wide temporary
+                dropped = masked_scale(F.glu(saved, dim=-1), keep, ctx.scale, inplace=True)
+                dropped = dropped.to(dtype)
+            g_w = g2.t().mm(dropped.reshape(-1, dropped.size(-1))).to(w.dtype)
+            del dropped
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            g_b = g2.sum(0).to(w.dtype)
+        if ctx.needs_input_grad[0]:
+            g_a = g2.mm(w.to(dtype)).view(*keep.shape).to(saved.dtype)
+            masked_scale(g_a, keep, ctx.scale, inplace=True)
+            if kind == "relu":
+                g_h = torch.ops.aten.threshold_backward(g_a, saved, 0)
+            else:
+                g_h = torch.ops.aten.glu_backward(g_a, saved, -1)
+        return g_h, g_w, g_b, None, None, None
 
 
 @register_op("ffn")
