@@ -540,3 +540,13 @@ def test_non_causal_even_kernel_is_refused(name: str) -> None:
 def test_expansion_must_be_positive(name: str) -> None:
     with pytest.raises(SpaceError, match=rf"{name}.*expansion"):
         create_op(name, 8, expansion=0)
+
+
+def test_ffn_with_a_hooked_output_layer_runs_it_as_a_module() -> None:
+    """A hook on the output projection (or a subclass of Linear) must see it called."""
+    op = make_op("ffn", {}, causal=False, dropout=0.3)
+    seen: list[int] = []
+    op.sublayer.outer.register_forward_hook(lambda m, i, o: seen.append(1))
+    x, _ = inputs()
+    op.train()(x, Context())
+    assert seen == [1]

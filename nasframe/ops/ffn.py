@@ -64,13 +64,19 @@ def _activate(h: Tensor, kind: Activation) -> Tensor:
     return F.relu(h) if kind == "relu" else F.glu(h, dim=-1)
 
 
+def _plain_linear(m: nn.Module) -> bool:
+    """Whether calling ``m`` is ``F.linear`` with its own weight and bias: an ``nn.Linear``
+    (not a subclass with its own forward) with no hooks of its own."""
+    return type(m) is nn.Linear and not (m._forward_hooks or m._forward_pre_hooks)
+
+
 def activate_drop_project(h: Tensor, kind: Activation, dropout: Dropout,
                           outer: nn.Linear) -> Tensor:
     """``outer(dropout(act(h)))``. In training, through ``_ActivateDropProject``: the dropped
     activation, the largest tensor ordinary autograd keeps here (the ``outer`` layer's input,
     ``hidden`` wide), is not kept but recomputed in backward from the mask."""
     p = dropout.p
-    if not dropout.training or p == 0.0 or p >= 1.0:
+    if not dropout.training or p == 0.0 or p >= 1.0 or not _plain_linear(outer):
         return outer(dropout(_activate(h, kind)))
     width = h.size(-1) if kind == "relu" else h.size(-1) // 2
     keep = keep_mask((*h.shape[:-1], width), p, h.device)
