@@ -95,7 +95,6 @@ class MultiHeadAttention(nn.Module):
         batch, _, time, _ = context.shape
         return self.out_proj(context.transpose(1, 2).reshape(batch, time, -1))
 
-
     def _weigh(self, scores: Tensor, v: Tensor) -> Tensor:
         """``dropout(softmax(scores)) @ v``; in training, through ``weigh_values``."""
         p = self.attention_dropout.p

@@ -90,11 +90,13 @@ class _ActivateDropProject(torch.autograd.Function):
     """``F.linear(masked_scale(act(h), keep, scale), w, b)`` keeping the ReLU's output (which
     ordinary autograd keeps for the ReLU anyway) or the GLU's input (likewise), the ``bool``
     mask and ``w``. Backward recomputes the dropped activation (two passes, a third for the GLU,
-    in place so that the GLU's backward peaks no higher than autograd's)
-    and then calls the products and derivative kernels ordinary autograd calls, in its order,
-    so the gradients are autograd's to the bit (tested) for the 2-D and contiguous 3-D inputs
-    ``F.linear`` folds into one ``addmm``. Under autocast the product runs in the autocast
-    dtype, as ``F.linear`` would."""
+    whose output is dropped in place: one hidden-wide temporary), then calls the products and
+    derivative kernels ordinary autograd calls, so the gradients are autograd's to the bit
+    (tested) for the 2-D and contiguous 3-D inputs ``F.linear`` folds into one ``addmm``.
+    Under autocast the product runs in the autocast dtype, as ``F.linear`` would. One cost:
+    this one node holds the incoming gradient and the mask until the activation's backward,
+    which autograd's separate nodes had freed by then (the GLU's peak: 24.2 against 22.2
+    inputs at d=240, 64x64)."""
 
     @staticmethod
     def forward(ctx: Any, h: Tensor, w: Tensor, b: Tensor | None, keep: Tensor, scale: float,
