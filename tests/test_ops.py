@@ -550,3 +550,16 @@ def test_ffn_with_a_hooked_output_layer_runs_it_as_a_module() -> None:
     x, _ = inputs()
     op.train()(x, Context())
     assert seen == [1]
+
+
+@pytest.mark.parametrize("name", ["ffn", "glu", "self_attention"])
+def test_inner_dropout_that_rounds_to_one_drops_everything(name: str) -> None:
+    """p = 0.99999 quantises to dropping every element: the fused paths must not divide by
+    the zero keep rate, and the op's inner dropout then zeroes its sublayer's inner output."""
+    op = make_op(name, {"heads": 2} if name == "self_attention" else {}, causal=False,
+                 dropout=0.99999).train()
+    x, _ = inputs()
+    x.requires_grad_()
+    y = op(x, Context())
+    y.sum().backward()
+    assert torch.isfinite(y).all() and x.grad is not None and torch.isfinite(x.grad).all()

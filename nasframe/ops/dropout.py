@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["Dropout", "dropout", "keep_mask", "keep_scale", "masked_scale"]
+__all__ = ["Dropout", "dropout", "drops_all", "keep_mask", "keep_scale", "masked_scale"]
 
 _LEVELS = 1 << 15  # 15 random bits per element
 
@@ -45,6 +45,11 @@ def keep_mask(shape: torch.Size | tuple[int, ...], p: float, device: torch.devic
     draws = torch.empty((n + 3) // 4, dtype=torch.int64).random_(generator=generator)
     draws = draws.bitwise_and_(0x7FFF_7FFF_7FFF_7FFF).view(torch.int16)[:n]
     return draws.ge(_threshold(p)).view(shape)
+
+
+def drops_all(p: float) -> bool:
+    """Whether ``p`` quantises to dropping every element (``keep_scale`` is then undefined)."""
+    return _threshold(p) == _LEVELS
 
 
 def keep_scale(p: float) -> float:
@@ -68,7 +73,7 @@ def dropout(x: Tensor, p: float, training: bool = True) -> Tensor:
         raise ValueError(f"dropout probability must be in [0, 1], got {p}")
     if x.device.type != "cpu":
         return F.dropout(x, p, True)
-    if _threshold(p) == _LEVELS:
+    if drops_all(p):
         return x * 0.0
     keep = keep_mask(x.shape, p)
     if not (torch.is_grad_enabled() and x.requires_grad):  # no graph: no autograd function
