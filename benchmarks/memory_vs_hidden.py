@@ -43,6 +43,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tokens", type=positive, default=32, help="tokens per sentence (32)")
     p.add_argument("--batch", type=positive, default=8, help="sentences per batch (8)")
     p.add_argument("--blocks", type=positive, default=2, help="block repeats (2)")
+    p.add_argument("--vocab", type=positive, default=1000,
+                   help="vocabulary size (1000); the output layer's logits and their "
+                        "gradient grow with it, reconstruction or not")
     p.add_argument("--memory-limit", default=None, metavar="SIZE",
                    help="report the largest measured d whose step peak fits, e.g. 2GiB")
     p.add_argument("--tracker", choices=["auto", "memtracker", "light"], default="auto",
@@ -66,11 +69,11 @@ def _cases(args: argparse.Namespace) -> dict[str, tuple[SearchSpace, bool]]:
 def measure(space: SearchSpace, saving: bool, d: int, args: argparse.Namespace,
             device: torch.device, tracker: str) -> dict[str, Any]:
     g = torch.Generator().manual_seed(0)
-    src = torch.randint(4, 1000, (args.batch, args.tokens), generator=g).to(device)
-    tgt = torch.randint(4, 1000, (args.batch, args.tokens), generator=g).to(device)
+    src = torch.randint(4, args.vocab, (args.batch, args.tokens), generator=g).to(device)
+    tgt = torch.randint(4, args.vocab, (args.batch, args.tokens), generator=g).to(device)
     torch.manual_seed(0)
     cfg = nf.ModelConfig(d_model=d, blocks=args.blocks, memory_saving=saving)
-    model = nf.Supernet(space, cfg, vocab_size=1000).to(device).train()
+    model = nf.Supernet(space, cfg, vocab_size=args.vocab).to(device).train()
     alphas = list(model.alphas.parameters())
     weights = [p for p in model.parameters() if all(p is not a for a in alphas)]
     optim = OptimConfig()
