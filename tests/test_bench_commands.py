@@ -47,6 +47,19 @@ def test_bench_memory_takes_a_users_space(tmp_path: Path) -> None:
     assert [(r["d"], r["method"]) for r in rows] == [(40, "transformer, reconstruction off")]
 
 
+def test_bench_memory_vocab_grows_the_peak_of_both(tmp_path: Path) -> None:
+    """``--vocab``: the output layer's logits count in both peaks, reconstruction or not."""
+    peaks = {}
+    for vocab in ("100", "4000"):
+        result = _bench(tmp_path / vocab, "memory", "--d", "48", "--vocab", vocab)
+        assert result["meta"]["vocab"] == int(vocab)
+        peaks[vocab] = {r["method"]: r["peak bytes"] for r in result["rows"]}
+    # --quick: 2 x 8 tokens. The embedding's weights, gradients and Adam states grow by 4
+    # floats per added word and width, and at least one (tokens x words) tensor is alive
+    for method in ("DARTS", "DARTSformer"):
+        assert peaks["4000"][method] - peaks["100"][method] >= (4 * 48 + 16) * 3900 * 4
+
+
 @pytest.mark.parametrize("argv", [["memory", "--d", "72"], ["speed", "--d", "100"],
                                   ["decoding", "--d", "40"], ["reconstruction", "--d", "24"]])
 def test_a_size_that_cannot_split_is_one_error_line(
