@@ -44,6 +44,12 @@ class FactorisedEmbedding(nn.Module):
 
     def logits(self, h: Tensor) -> Tensor:
         """Output layer tied to the embedding: (d -> E) with the projection's transpose."""
+        h, weight = self.output_features(h)
+        return h @ weight.t()
+
+    def output_features(self, h: Tensor) -> tuple[Tensor, Tensor]:
+        """``h`` in the output layer's width E and the (vocabulary, E) weight: ``logits`` is
+        the first times the second's transpose (``nasframe.output_loss`` takes them apart)."""
         if self.project is not None:
             h = h @ self.project.weight
-        return h @ self.tokens.weight.t()
+        return h, self.tokens.weight

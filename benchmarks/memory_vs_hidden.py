@@ -27,8 +27,10 @@ import torch
 
 import nasframe as nf
 from nasframe.config import OptimConfig
+from nasframe.data.batching import Batch
 from nasframe.memory import parse_bytes, saved_bytes, step_peak
 from nasframe.space import SearchSpace, Stack
+from nasframe.strategy import seq2seq_loss
 from nasframe.updates import alpha_optimizer, assign_grads, frozen, gradients, weight_optimizer
 
 from . import _report
@@ -71,6 +73,7 @@ def measure(space: SearchSpace, saving: bool, d: int, args: argparse.Namespace,
     g = torch.Generator().manual_seed(0)
     src = torch.randint(4, args.vocab, (args.batch, args.tokens), generator=g).to(device)
     tgt = torch.randint(4, args.vocab, (args.batch, args.tokens), generator=g).to(device)
+    batch = Batch(src, tgt, tgt)
     torch.manual_seed(0)
     cfg = nf.ModelConfig(d_model=d, blocks=args.blocks, memory_saving=saving)
     model = nf.Supernet(space, cfg, vocab_size=args.vocab).to(device).train()
@@ -89,12 +92,12 @@ def measure(space: SearchSpace, saving: bool, d: int, args: argparse.Namespace,
                 between()
             opt.zero_grad(set_to_none=True)
             with frozen(constants):
-                loss = model(src, tgt).log_softmax(-1).mean()
+                loss = seq2seq_loss(model, batch)  # the strategies' loss
             assign_grads(params, gradients(loss, params))
             opt.step()
 
     step(lambda: None)  # the optimiser states exist from the first update on
-    kept = saved_bytes(lambda: model(src, tgt).log_softmax(-1).sum(),
+    kept = saved_bytes(lambda: seq2seq_loss(model, batch),
                        exclude=list(model.parameters())).bytes
     peak = step_peak(step, model, [opt for opt, _, _ in steps], device, tracker)
     return {"peak": peak, "kept": kept, "parameters": sum(p.numel() for p in weights)}

@@ -133,6 +133,11 @@ class Supernet(nn.Module):
     def decode(self, tgt_in: Tensor, memory: Tensor, memory_mask: Tensor,
                state: IncrementalState | None = None) -> Tensor:
         """Logits for ``tgt_in``; with ``state``, ``tgt_in`` holds only the new positions."""
+        return self.embed.logits(self._decoded(tgt_in, memory, memory_mask, state))
+
+    def _decoded(self, tgt_in: Tensor, memory: Tensor, memory_mask: Tensor,
+                 state: IncrementalState | None = None) -> Tensor:
+        """The decoder's normalised output, before the output layer."""
         start = state.step if state is not None else 0
         mask = None if state is not None else tgt_in.eq(self.config.pad_id)
         h = self.embed(tgt_in, start)
@@ -140,11 +145,18 @@ class Supernet(nn.Module):
                          state=state)
         if state is not None:
             state.step += tgt_in.size(1)
-        return self.embed.logits(self.decoder_norm(h))
+        return self.decoder_norm(h)
 
     def forward(self, src: Tensor, tgt_in: Tensor) -> Tensor:
         memory, memory_mask = self.encode(src)
         return self.decode(tgt_in, memory, memory_mask)
+
+    def output_features(self, src: Tensor, tgt_in: Tensor) -> tuple[Tensor, Tensor]:
+        """``forward`` before its last product: (batch, tgt_len, E) features and the
+        (vocabulary, E) output weight, whose product is the logits. The search loss takes them
+        apart (``nasframe.output_loss``) so that no (tokens, vocabulary) tensor is kept."""
+        memory, memory_mask = self.encode(src)
+        return self.embed.output_features(self._decoded(tgt_in, memory, memory_mask))
 
     # -- search interface -------------------------------------------------------------------
     def choice_nodes(self) -> Iterator[ChoiceNode]:
