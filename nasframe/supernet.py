@@ -147,16 +147,19 @@ class Supernet(nn.Module):
             state.step += tgt_in.size(1)
         return self.decoder_norm(h)
 
-    def forward(self, src: Tensor, tgt_in: Tensor) -> Tensor:
+    def forward(self, src: Tensor, tgt_in: Tensor,
+                features: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+        """Logits; with ``features``, what ``output_features`` returns."""
         memory, memory_mask = self.encode(src)
-        return self.decode(tgt_in, memory, memory_mask)
+        h = self._decoded(tgt_in, memory, memory_mask)
+        return self.embed.output_features(h) if features else self.embed.logits(h)
 
     def output_features(self, src: Tensor, tgt_in: Tensor) -> tuple[Tensor, Tensor]:
         """``forward`` before its last product: (batch, tgt_len, E) features and the
         (vocabulary, E) output weight, whose product is the logits. The search loss takes them
-        apart (``nasframe.output_loss``) so that no (tokens, vocabulary) tensor is kept."""
-        memory, memory_mask = self.encode(src)
-        return self.embed.output_features(self._decoded(tgt_in, memory, memory_mask))
+        apart (``nasframe.output_loss``) so that no (tokens, vocabulary) tensor is kept. A
+        module call, so hooks on the supernet (torch's memory tools) see it."""
+        return self(src, tgt_in, features=True)  # type: ignore[return-value]
 
     # -- search interface -------------------------------------------------------------------
     def choice_nodes(self) -> Iterator[ChoiceNode]:
