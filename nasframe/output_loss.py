@@ -18,6 +18,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from nasframe.runtime import smoothed_terms
+
 __all__ = ["CHUNK_ELEMENTS", "output_loss"]
 
 #: A chunk's logits hold at most this many elements (16 MiB in float32), or one row.
@@ -56,11 +58,9 @@ class _OutputLoss(torch.autograd.Function):
             g_w = torch.zeros(weight.shape, dtype=acc, device=h.device) if want_w else None
             for r0 in range(0, h.size(0), rows):
                 h_c, t_c = h[r0:r0 + rows].to(compute), target[r0:r0 + rows]
-                keep = t_c.ne(pad_id)
                 lprobs = torch.log_softmax((h_c @ w.t()).to(acc), dim=-1)
-                nll = -lprobs.gather(1, t_c.unsqueeze(1)).squeeze(1)
-                loss = (1.0 - smoothing) * nll - smoothing * lprobs.mean(dim=-1)
-                total += loss.masked_fill(~keep, 0.0).sum()
+                loss, _, keep = smoothed_terms(lprobs, t_c, smoothing, pad_id)
+                total += loss.sum()
                 if g_h is None and g_w is None:
                     continue
                 # d loss / d logits = softmax - (1 - s) onehot - s / V, zero at padding

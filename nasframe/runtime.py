@@ -47,6 +47,7 @@ __all__ = [
     "seed_everything",
     "set_random_state",
     "set_rng_state",
+    "smoothed_terms",
 ]
 
 
@@ -227,13 +228,19 @@ def label_smoothed_loss(logits: Tensor, target: Tensor, smoothing: float, pad_id
     if logits.dtype in (torch.float16, torch.bfloat16):
         logits = logits.float()
     lprobs = torch.log_softmax(logits, dim=-1).reshape(-1, logits.size(-1))
-    target = target.reshape(-1)
+    loss, nll, keep = smoothed_terms(lprobs, target.reshape(-1), smoothing, pad_id)
+    return loss.sum(), nll.sum(), keep.sum()
+
+
+def smoothed_terms(lprobs: Tensor, target: Tensor, smoothing: float, pad_id: int = 0
+                   ) -> tuple[Tensor, Tensor, Tensor]:
+    """Per token, from (tokens, vocabulary) log-probabilities and (tokens,) targets: the
+    label-smoothed loss and the NLL, both zero at padding, and the non-pad mask."""
     keep = target.ne(pad_id)
     nll = -lprobs.gather(1, target.unsqueeze(1)).squeeze(1)
     uniform = -lprobs.mean(dim=-1)
     loss = (1.0 - smoothing) * nll + smoothing * uniform
-    return (loss.masked_fill(~keep, 0.0).sum(), nll.masked_fill(~keep, 0.0).sum(),
-            keep.sum())
+    return loss.masked_fill(~keep, 0.0), nll.masked_fill(~keep, 0.0), keep
 
 
 # ----------------------------------------------------------------------------- progress
