@@ -27,7 +27,7 @@ from torch.autograd.function import once_differentiable
 
 from nasframe.errors import NasframeError, SpaceError
 from nasframe.ops.base import Context, Operation, Residual, register_op, zeros_at_padding
-from nasframe.ops.dropout import Dropout, drops_all, keep_mask, keep_scale, masked_scale
+from nasframe.ops.dropout import Dropout, keep_mask, keep_scale, masked_scale
 
 __all__ = [
     "CrossAttention",
@@ -97,9 +97,9 @@ class MultiHeadAttention(nn.Module):
 
     def _weigh(self, scores: Tensor, v: Tensor) -> Tensor:
         """``dropout(softmax(scores)) @ v``; in training, through ``weigh_values``."""
-        p = self.attention_dropout.p
-        if not self.training or p == 0.0 or drops_all(p):
+        if not self.attention_dropout.draws_mask():
             return self.attention_dropout(scores.softmax(dim=-1)) @ v
+        p = self.attention_dropout.p
         return weigh_values(scores, v, keep_mask(scores.shape, p, scores.device), keep_scale(p))
 
 

@@ -108,5 +108,11 @@ class Dropout(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return dropout(x, self.p, self.training)
 
+    def draws_mask(self) -> bool:
+        """Whether a forward now draws a keep mask with a finite ``keep_scale``: in training,
+        with a ``p`` that neither is 0 nor quantises to dropping everything. Ops that apply
+        the mask themselves (attention, the feed-forward ops) check this first."""
+        return self.training and self.p > 0.0 and not drops_all(self.p)
+
     def extra_repr(self) -> str:
         return f"p={self.p}"

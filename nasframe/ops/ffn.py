@@ -17,7 +17,7 @@ from torch.autograd.function import once_differentiable
 
 from nasframe.errors import SpaceError
 from nasframe.ops.base import Context, Operation, Residual, register_op
-from nasframe.ops.dropout import Dropout, drops_all, keep_mask, keep_scale, masked_scale
+from nasframe.ops.dropout import Dropout, keep_mask, keep_scale, masked_scale
 
 __all__ = ["FeedForward", "GatedFeedForward", "activate_drop_project", "ffn", "glu"]
 
@@ -75,9 +75,9 @@ def activate_drop_project(h: Tensor, kind: Activation, dropout: Dropout,
     """``outer(dropout(act(h)))``. In training, through ``_ActivateDropProject``: the dropped
     activation, the largest tensor ordinary autograd keeps here (the ``outer`` layer's input,
     ``hidden`` wide), is not kept but recomputed in backward from the mask."""
-    p = dropout.p
-    if not dropout.training or p == 0.0 or drops_all(p) or not _plain_linear(outer):
+    if not dropout.draws_mask() or not _plain_linear(outer):
         return outer(dropout(_activate(h, kind)))
+    p = dropout.p
     width = h.size(-1) if kind == "relu" else h.size(-1) // 2
     keep = keep_mask((*h.shape[:-1], width), p, h.device)
     w, b = outer.weight, outer.bias
