@@ -23,7 +23,7 @@ from torch import Tensor
 
 from nasframe.errors import ConfigError
 from nasframe.output_loss import output_loss
-from nasframe.runtime import autocast, label_smoothed_loss
+from nasframe.runtime import autocast
 
 if TYPE_CHECKING:
     from nasframe.architecture import Architecture
@@ -71,13 +71,8 @@ class Strategy(Protocol):
 def seq2seq_loss(model: Supernet, batch: Batch, label_smoothing: float = 0.1) -> Tensor:
     """Label-smoothed cross entropy per non-pad target token (Zhao et al. 2021 §1,
     epsilon = 0.1), with the output layer and the loss in chunks of tokens
-    (``nasframe.output_loss``) for a model that offers ``output_features``."""
-    features = getattr(model, "output_features", None)
-    if features is None:
-        loss, _, n_tokens = label_smoothed_loss(model(batch.src, batch.tgt_in), batch.tgt_out,
-                                                label_smoothing, batch.pad_id)
-        return loss / n_tokens
-    h, weight = features(batch.src, batch.tgt_in)
+    (``nasframe.output_loss``)."""
+    h, weight = model.output_features(batch.src, batch.tgt_in)
     loss = output_loss(h.reshape(-1, h.size(-1)), weight, batch.tgt_out.reshape(-1),
                        label_smoothing, batch.pad_id)
     return loss / batch.tgt_out.ne(batch.pad_id).sum()
