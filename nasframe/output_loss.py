@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from nasframe.runtime import smoothed_terms
+from nasframe.runtime import compute_dtype, smoothed_terms
 
 __all__ = ["CHUNK_ELEMENTS", "output_loss"]
 
@@ -29,8 +29,7 @@ CHUNK_ELEMENTS = 1 << 22
 def _dtypes(h: Tensor) -> tuple[torch.dtype, torch.dtype]:
     """(the products' dtype, the softmax's): under autocast the autocast dtype and float32;
     else ``h``'s, with float16 and bfloat16 raised to float32 for the softmax."""
-    kind = h.device.type
-    compute = torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else h.dtype
+    compute = compute_dtype(h)
     acc = torch.float32 if compute in (torch.float16, torch.bfloat16) else compute
     return compute, acc
 

@@ -39,6 +39,7 @@ __all__ = [
     "atomic_write_bytes",
     "atomic_write_text",
     "clean_temporaries",
+    "compute_dtype",
     "inverse_sqrt",
     "label_smoothed_loss",
     "progress_bar",
@@ -84,6 +85,13 @@ def autocast(precision: Precision, device: torch.device) -> contextlib.AbstractC
     if precision not in _AUTOCAST:
         raise ConfigError(f"precision: {precision!r} is not one of fp32, bf16, fp16")
     return torch.autocast(device_type=device.type, dtype=_AUTOCAST[precision])
+
+
+def compute_dtype(x: Tensor) -> torch.dtype:
+    """The dtype a product of ``x`` runs in: the autocast dtype of its device where autocast is
+    on, else ``x``'s (for ops that cast explicitly and compute with autocast off)."""
+    device = x.device.type
+    return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
 
 
 # ----------------------------------------------------------------------------- random state

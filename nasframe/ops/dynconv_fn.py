@@ -39,6 +39,7 @@ from torch.autograd.function import once_differentiable
 
 from nasframe.ops.dropout import keep_mask, keep_scale, masked_scale
 from nasframe.ops.dynconv_band import band_backward, band_forward, use_band
+from nasframe.runtime import compute_dtype
 
 __all__ = ["DynamicConvBlock", "KernelSpec", "Chunk", "block_masks", "convolve", "layout",
            "output_keep", "weight_keep"]
@@ -274,11 +275,6 @@ def _glu_backward_(h: Tensor, g_u: Tensor) -> Tensor:
     return h
 
 
-def _compute_dtype(x: Tensor) -> torch.dtype:
-    device = x.device.type
-    return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
-
-
 def _rows(t: Tensor | None, chunk: Chunk) -> Tensor | None:
     return None if t is None else t[chunk.r0:chunk.r1]
 
@@ -291,7 +287,7 @@ class DynamicConvBlock(torch.autograd.Function):
     def forward(fctx: Any, x: Tensor, pad: Tensor | None, w_in: Tensor, b_in: Tensor,
                 w_k: Tensor, b_k: Tensor, w_out: Tensor, b_out: Tensor,
                 spec: KernelSpec) -> Tensor:
-        dtype = _compute_dtype(x)
+        dtype = compute_dtype(x)
         batch, time, dim = x.shape
         chunks = layout(batch, time, dim, spec)
         # One chunk means an input under the floor, where time counts and memory does not: the
