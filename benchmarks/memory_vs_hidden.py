@@ -28,6 +28,7 @@ import torch
 import nasframe as nf
 from nasframe.config import OptimConfig
 from nasframe.data.batching import Batch
+from nasframe.errors import ConfigError
 from nasframe.memory import parse_bytes, saved_bytes, step_peak
 from nasframe.space import SearchSpace, Stack
 from nasframe.strategy import seq2seq_loss
@@ -37,6 +38,7 @@ from . import _report
 from ._report import positive
 
 NAME = "memory_vs_hidden"
+_FIRST_WORD = 4  # the batch's random ids start here, above padding and the markers
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -71,8 +73,9 @@ def _cases(args: argparse.Namespace) -> dict[str, tuple[SearchSpace, bool]]:
 def measure(space: SearchSpace, saving: bool, d: int, args: argparse.Namespace,
             device: torch.device, tracker: str) -> dict[str, Any]:
     g = torch.Generator().manual_seed(0)
-    src = torch.randint(4, args.vocab, (args.batch, args.tokens), generator=g).to(device)
-    tgt = torch.randint(4, args.vocab, (args.batch, args.tokens), generator=g).to(device)
+    src = torch.randint(_FIRST_WORD, args.vocab, (args.batch, args.tokens), generator=g)
+    tgt = torch.randint(_FIRST_WORD, args.vocab, (args.batch, args.tokens), generator=g)
+    src, tgt = src.to(device), tgt.to(device)
     batch = Batch(src, tgt, tgt)
     torch.manual_seed(0)
     cfg = nf.ModelConfig(d_model=d, blocks=args.blocks, memory_saving=saving)
@@ -119,6 +122,9 @@ def _estimate(measured: list[tuple[int, int]], limit: int, multiple: int) -> int
 
 
 def run(args: argparse.Namespace) -> None:
+    if args.vocab <= _FIRST_WORD:
+        raise ConfigError(f"--vocab must be above {_FIRST_WORD} (ids 0-{_FIRST_WORD - 1} are "
+                          f"padding and markers), got {args.vocab}")
     setup = _report.setup(args)
     sizes = args.d or ([48] if args.quick else [48, 96, 192, 384])
     if args.quick:

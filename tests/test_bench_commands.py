@@ -60,6 +60,14 @@ def test_bench_memory_vocab_grows_the_peak_of_both(tmp_path: Path) -> None:
         assert peaks["4000"][method] - peaks["100"][method] >= (4 * 48 + 16) * 3900 * 4
 
 
+def test_bench_memory_refuses_a_vocabulary_of_markers_only(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench", "memory", "--vocab", "4", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: --vocab must be above 4 (ids 0-3 are padding and markers), got 4"]
+    assert not list(tmp_path.iterdir())
+
+
 @pytest.mark.parametrize("argv", [["memory", "--d", "72"], ["speed", "--d", "100"],
                                   ["decoding", "--d", "40"], ["reconstruction", "--d", "24"]])
 def test_a_size_that_cannot_split_is_one_error_line(
