@@ -20,7 +20,7 @@ from torch import Tensor
 
 from nasframe.runtime import compute_dtype, smoothed_terms
 
-__all__ = ["CHUNK_ELEMENTS", "output_loss"]
+__all__ = ["CHUNK_ELEMENTS", "output_loss", "output_loss_terms"]
 
 #: A chunk's logits hold at most this many elements (16 MiB in float32), or one row.
 CHUNK_ELEMENTS = 1 << 22
@@ -40,7 +40,17 @@ def output_loss(h: Tensor, weight: Tensor, target: Tensor, smoothing: float, pad
     are not ``pad_id``: ``h`` (tokens, E), ``weight`` (vocabulary, E), ``target`` (tokens,);
     ``chunk_elements``: the most logits a chunk holds (None: ``CHUNK_ELEMENTS``)."""
     rows = max(1, (chunk_elements or CHUNK_ELEMENTS) // weight.size(0))
-    return _OutputLoss.apply(h, weight, target, smoothing, pad_id, rows)
+    return _OutputLoss.apply(h, weight, target, smoothing, pad_id, rows)[0]
+
+
+def output_loss_terms(h: Tensor, weight: Tensor, target: Tensor, smoothing: float, pad_id: int,
+                      chunk_elements: int | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """What ``nasframe.runtime.label_smoothed_loss`` returns for the logits ``h @ weight.T``,
+    computed as ``output_loss`` computes the loss: the summed loss, the summed NLL (no
+    gradient) and the count of non-pad targets (a 0-d integer tensor)."""
+    rows = max(1, (chunk_elements or CHUNK_ELEMENTS) // weight.size(0))
+    loss, nll = _OutputLoss.apply(h, weight, target, smoothing, pad_id, rows)
+    return loss, nll, target.ne(pad_id).sum()
 
 
 class _OutputLoss(torch.autograd.Function):
@@ -53,13 +63,15 @@ class _OutputLoss(torch.autograd.Function):
         with torch.autocast(h.device.type, enabled=False):
             w = weight.to(compute)
             total = torch.zeros((), dtype=acc, device=h.device)
+            nll_total = torch.zeros((), dtype=acc, device=h.device)
             g_h = torch.empty_like(h) if want_h else None
             g_w = torch.zeros(weight.shape, dtype=acc, device=h.device) if want_w else None
             for r0 in range(0, h.size(0), rows):
                 h_c, t_c = h[r0:r0 + rows].to(compute), target[r0:r0 + rows]
                 lprobs = torch.log_softmax((h_c @ w.t()).to(acc), dim=-1)
-                loss, _, keep = smoothed_terms(lprobs, t_c, smoothing, pad_id)
+                loss, nll, keep = smoothed_terms(lprobs, t_c, smoothing, pad_id)
                 total += loss.sum()
+                nll_total += nll.sum()
                 if g_h is None and g_w is None:
                     continue
                 # d loss / d logits = softmax - (1 - s) onehot - s / V, zero at padding
@@ -75,10 +87,11 @@ class _OutputLoss(torch.autograd.Function):
         ctx.save_for_backward(h, weight, target, g_h,
                               None if g_w is None else g_w.to(weight.dtype))
         ctx.smoothing, ctx.pad_id = smoothing, pad_id
-        return total
+        ctx.mark_non_differentiable(nll_total)
+        return total, nll_total
 
     @staticmethod
-    def backward(ctx: Any, g: Tensor) -> tuple[Tensor | None, ...]:
+    def backward(ctx: Any, g: Tensor, _: Tensor | None) -> tuple[Tensor | None, ...]:
         h, weight, target, g_h, g_w = ctx.saved_tensors
         if torch.is_grad_enabled():  # create_graph: a gradient that is itself differentiable
             return (*_graph_gradients(ctx, h, weight, target, g), None, None, None, None)

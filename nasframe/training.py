@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Self
 
 import torch
+from torch import Tensor
 from rich.console import Console
 from rich.progress import TaskProgressColumn, TextColumn
 
@@ -41,12 +42,12 @@ from nasframe.data import (
 )
 from nasframe.errors import ConfigError, DataError, RunDirError
 from nasframe.loading import ARCH, AVERAGE, BEST, VOCAB, read_train_config
+from nasframe.output_loss import output_loss_terms
 from nasframe.resume import TRAIN_RESUMABLE, record_session, resume_config
 from nasframe.rundir import RunDir, RunKind, divergence
 from nasframe.runtime import (
     autocast,
     inverse_sqrt,
-    label_smoothed_loss,
     progress_bar,
     resolve_device,
     rng_state,
@@ -163,10 +164,7 @@ class Trainer:
     def train_step(self, batch: Batch) -> dict[str, float]:
         self.model.train()
         batch = batch.to(self.device)
-        with autocast(self.config.precision, self.device):
-            logits = self.model(batch.src, batch.tgt_in)
-            loss, nll, n = label_smoothed_loss(logits, batch.tgt_out,
-                                               self.config.label_smoothing, self.pad_id)
+        loss, nll, n = self._loss_terms(batch)
         self.optimizer.zero_grad(set_to_none=True)
         per_token = max(int(n), 1)
         self.scaler.scale(loss / per_token).backward()
@@ -190,6 +188,16 @@ class Trainer:
         self.scheduler.step()
         return stats
 
+    def _loss_terms(self, batch: Batch) -> tuple[Tensor, Tensor, Tensor]:
+        """Summed label-smoothed loss, summed NLL and target count, the output layer and the
+        loss in chunks of tokens (``nasframe.output_loss``: no (tokens, vocabulary) tensor is
+        kept for backward)."""
+        with autocast(self.config.precision, self.device):
+            h, weight = self.model.output_features(batch.src, batch.tgt_in)
+            return output_loss_terms(h.reshape(-1, h.size(-1)), weight,
+                                     batch.tgt_out.reshape(-1), self.config.label_smoothing,
+                                     self.pad_id)
+
     def _skip(self, what: str) -> None:
         self.skipped += 1
         if self.skipped > self.config.skip_nonfinite:
@@ -207,11 +215,7 @@ class Trainer:
         count = 0
         batcher = TokenBatcher(self.valid_pairs, self.config.max_tokens, shuffle=False)
         for batch in batcher.iter_epoch():
-            batch = batch.to(self.device)
-            with autocast(self.config.precision, self.device):
-                logits = self.model(batch.src, batch.tgt_in)
-            loss, nll, n = label_smoothed_loss(logits, batch.tgt_out,
-                                               self.config.label_smoothing, self.pad_id)
+            loss, nll, n = self._loss_terms(batch.to(self.device))
             loss_sum, nll_sum, count = loss_sum + float(loss), nll_sum + float(nll), count + int(n)
         return {"valid_loss": loss_sum / max(count, 1), "valid_nll": nll_sum / max(count, 1)}
 

@@ -10,7 +10,7 @@ from torch import Tensor
 import nasframe as nf
 from nasframe.data.batching import Batch
 from nasframe.memory import allocated_peak_bytes
-from nasframe.output_loss import output_loss
+from nasframe.output_loss import output_loss, output_loss_terms
 from nasframe.runtime import label_smoothed_loss
 from nasframe.strategy import seq2seq_loss
 
@@ -32,6 +32,20 @@ def test_value_and_gradients_equal_the_whole_logits(chunk_elements: int) -> None
     torch.testing.assert_close(out, ref, rtol=1e-14, atol=0)
     for a, b in zip(torch.autograd.grad(out * 0.3, (h, weight)),
                     torch.autograd.grad(ref * 0.3, (h, weight))):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-14)
+
+
+def test_the_terms_re_training_logs_equal_the_whole_logits() -> None:
+    """``output_loss_terms`` (re-training's loss): the summed loss, the summed NLL and the
+    count of ``label_smoothed_loss``; the NLL carries no gradient, the loss the same one."""
+    h, weight, target = _case()
+    ref = label_smoothed_loss(h @ weight.t(), target, 0.1, 0)
+    out = output_loss_terms(h, weight, target, 0.1, 0, chunk_elements=40)
+    for a, b in zip(out, ref):
+        torch.testing.assert_close(a, b, rtol=1e-14, atol=0)
+    assert out[0].requires_grad and not out[1].requires_grad and out[2].item() < 27
+    for a, b in zip(torch.autograd.grad(out[0], (h, weight)),
+                    torch.autograd.grad(ref[0], (h, weight))):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-14)
 
 

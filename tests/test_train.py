@@ -217,3 +217,27 @@ def test_train_sizes_the_model_to_a_parameter_target(tmp_path, small_tsv, capsys
     assert "sized to" in capsys.readouterr().err
     assert main(["train", "--arch", "transformer", "--out", str(tmp_path / "x"), *common,
                  "--params", "1k"]) == 2
+
+
+def test_a_training_step_takes_the_loss_of_the_whole_logits(tmp_path):
+    """Re-training computes the output layer and its loss in chunks (``nasframe.output_loss``);
+    the loss, NLL and count it logs and backpropagates are ``label_smoothed_loss``'s on the
+    model's logits, and so are the gradients."""
+    from nasframe.data import TokenBatcher, synthetic_pairs
+    from nasframe.rundir import RunDir, RunKind
+    from nasframe.training import Trainer
+
+    pairs = synthetic_pairs("reverse", 40, 30, 3, 9, seed=0)
+    config = tiny_config(model=nf.ModelConfig(d_model=48, embed_dim=32, dropout=0.0),
+                         label_smoothing=0.1)
+    trainer = Trainer(RunDir.create(tmp_path / "run", RunKind.TRAIN), config, tiny_arch(), 30,
+                      pairs, pairs[:8], progress=False)
+    batch = next(iter(TokenBatcher(pairs, 200, shuffle=False).iter_epoch()))
+    model = trainer.model.double()
+    terms = trainer._loss_terms(batch)
+    ref = label_smoothed_loss(model(batch.src, batch.tgt_in), batch.tgt_out, 0.1, 0)
+    for a, b in zip(terms, ref):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=0)
+    params = [p for p in model.parameters() if p.requires_grad]
+    for a, b in zip(torch.autograd.grad(terms[0], params), torch.autograd.grad(ref[0], params)):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-13)
