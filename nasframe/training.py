@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import Any, Self
 
 import torch
-from torch import Tensor
 from rich.console import Console
 from rich.progress import TaskProgressColumn, TextColumn
+from torch import Tensor
 
 from nasframe.architecture import Architecture
 from nasframe.config import TrainConfig, apply_overrides
