@@ -100,6 +100,19 @@ def test_bench_speed_and_reconstruction_write_their_results(tmp_path: Path) -> N
     assert [r["step"] for r in rec["rows"]] == ["weights"]
 
 
+def test_bench_reconstruction_takes_a_search_preset_sizes(tmp_path: Path) -> None:
+    """``--preset tiny``: the tiny search's d, E, vocabulary and space (2 layers per stack);
+    the exactness column is still measured against plain autograd."""
+    rec = _bench(tmp_path, "reconstruction", "--preset", "tiny", "--repeats", "1",
+                 "--batch", "2", "6", "--steps", "weights")
+    tiny = nf.SearchConfig.preset_config("tiny")
+    meta, (row,) = rec["meta"], rec["rows"]
+    assert (meta["vocabulary"], meta["embed_dim"]) == (tiny.data.vocab_size,
+                                                       tiny.model.embed_dim)
+    assert (row["d"], row["layers per stack"]) == (tiny.model.d_model, 2)
+    assert row["max rel grad error"] < 1e-6
+
+
 def test_bench_strategies_writes_its_results(tmp_path: Path) -> None:
     rows = _bench(tmp_path, "strategies", "--cases", "darts", "--steps", "2", "--repeats", "1",
                   "--data", "synthetic:reverse")["rows"]
