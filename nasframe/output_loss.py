@@ -39,8 +39,7 @@ def output_loss(h: Tensor, weight: Tensor, target: Tensor, smoothing: float, pad
     """Summed label-smoothed cross entropy of the logits ``h @ weight.T`` over the targets that
     are not ``pad_id``: ``h`` (tokens, E), ``weight`` (vocabulary, E), ``target`` (tokens,);
     ``chunk_elements``: the most logits a chunk holds (None: ``CHUNK_ELEMENTS``)."""
-    rows = max(1, (chunk_elements or CHUNK_ELEMENTS) // weight.size(0))
-    return _OutputLoss.apply(h, weight, target, smoothing, pad_id, rows)[0]
+    return output_loss_terms(h, weight, target, smoothing, pad_id, chunk_elements)[0]
 
 
 def output_loss_terms(h: Tensor, weight: Tensor, target: Tensor, smoothing: float, pad_id: int,
