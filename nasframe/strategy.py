@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from nasframe.errors import ConfigError
-from nasframe.output_loss import output_loss
+from nasframe.output_loss import output_loss_terms
 from nasframe.runtime import autocast
 
 if TYPE_CHECKING:
@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Strategy", "SearchContext", "Backbone", "ENTRY_POINT_GROUP", "register_strategy",
-    "get_strategy", "available_strategies", "seq2seq_loss",
+    "get_strategy", "available_strategies", "seq2seq_loss", "seq2seq_loss_terms",
 ]
 
 ENTRY_POINT_GROUP = "nasframe.strategies"
@@ -72,10 +72,18 @@ def seq2seq_loss(model: Supernet, batch: Batch, label_smoothing: float = 0.1) ->
     """Label-smoothed cross entropy per non-pad target token (Zhao et al. 2021 §1,
     epsilon = 0.1), with the output layer and the loss in chunks of tokens
     (``nasframe.output_loss``)."""
+    loss, _, n_tokens = seq2seq_loss_terms(model, batch, label_smoothing)
+    return loss / n_tokens
+
+
+def seq2seq_loss_terms(model: Supernet, batch: Batch, label_smoothing: float = 0.1,
+                       pad_id: int | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """The summed label-smoothed loss, the summed NLL (no gradient) and the count of the
+    target tokens that are not ``pad_id`` (None: the batch's), computed as
+    ``nasframe.output_loss.output_loss_terms`` computes them: what re-training logs."""
     h, weight = model.output_features(batch.src, batch.tgt_in)
-    loss = output_loss(h.reshape(-1, h.size(-1)), weight, batch.tgt_out.reshape(-1),
-                       label_smoothing, batch.pad_id)
-    return loss / batch.tgt_out.ne(batch.pad_id).sum()
+    return output_loss_terms(h.reshape(-1, h.size(-1)), weight, batch.tgt_out.reshape(-1),
+                             label_smoothing, batch.pad_id if pad_id is None else pad_id)
 
 
 @dataclass

@@ -42,7 +42,6 @@ from nasframe.data import (
 )
 from nasframe.errors import ConfigError, DataError, RunDirError
 from nasframe.loading import ARCH, AVERAGE, BEST, VOCAB, read_train_config
-from nasframe.output_loss import output_loss_terms
 from nasframe.resume import TRAIN_RESUMABLE, record_session, resume_config
 from nasframe.rundir import RunDir, RunKind, divergence
 from nasframe.runtime import (
@@ -55,6 +54,7 @@ from nasframe.runtime import (
     set_rng_state,
 )
 from nasframe.sizing import parameter_breakdown
+from nasframe.strategy import seq2seq_loss_terms
 from nasframe.supernet import build_model, count_parameters
 
 __all__ = ["TrainResult", "Trainer", "train"]
@@ -193,10 +193,8 @@ class Trainer:
         loss in chunks of tokens (``nasframe.output_loss``: no (tokens, vocabulary) tensor is
         kept for backward)."""
         with autocast(self.config.precision, self.device):
-            h, weight = self.model.output_features(batch.src, batch.tgt_in)
-            return output_loss_terms(h.reshape(-1, h.size(-1)), weight,
-                                     batch.tgt_out.reshape(-1), self.config.label_smoothing,
-                                     self.pad_id)
+            return seq2seq_loss_terms(self.model, batch, self.config.label_smoothing,
+                                      self.pad_id)
 
     def _skip(self, what: str) -> None:
         self.skipped += 1

@@ -202,18 +202,18 @@ def test_a_nan_stops_the_search_and_leaves_finite_checkpoints(tmp_path, monkeypa
 def test_a_nan_stops_training_and_keeps_the_best_finite(tmp_path, monkeypatch, small_tsv):
     import nasframe.training as training
 
-    real = training.output_loss_terms
+    real = training.seq2seq_loss_terms
     calls = {"n": 0}
 
-    def poisoned(h, weight, target, smoothing, pad_id=0):
-        loss, nll, n = real(h, weight, target, smoothing, pad_id)
+    def poisoned(model, batch, smoothing, pad_id=None):
+        loss, nll, n = real(model, batch, smoothing, pad_id)
         if torch.is_grad_enabled():
             calls["n"] += 1
             if calls["n"] == 5:
                 return loss * float("nan"), nll, n
         return loss, nll, n
 
-    monkeypatch.setattr(training, "output_loss_terms", poisoned)
+    monkeypatch.setattr(training, "seq2seq_loss_terms", poisoned)
     out = tmp_path / "run"
     with pytest.raises(NonFiniteError, match="update 5: the training loss and grad_norm"):
         train(arch(), out, train_config(), DataSpec(data=str(small_tsv)), progress=False)
