@@ -7,12 +7,9 @@ an import cycle.
 from __future__ import annotations
 
 import contextlib
-import errno
 import io
 import math
-import os
 import random
-import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
@@ -30,7 +27,8 @@ from rich.progress import (
 )
 from torch import Tensor
 
-from nasframe.errors import ConfigError, DiskFullError, RunDirError
+from nasframe.errors import ConfigError
+from nasframe.files import atomic_write_bytes, atomic_write_text, clean_temporaries
 
 __all__ = [
     "Precision",
@@ -137,72 +135,12 @@ def set_random_state(rng: random.Random, state: Any) -> None:
 
 # ----------------------------------------------------------------------------- atomic files
 
-_TMP = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.tmp$")
-
-
-def _atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temporary file beside ``path``, fsync it, then os.replace it: a kill
-    never leaves half a file. The temporary name carries the pid (``clean_temporaries`` knows
-    whose it is) and is removed if writing fails; a full disk is one clear error."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as err:
-        tmp.unlink(missing_ok=True)
-        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise DiskFullError(f"{path}: no space left on device; nothing was half written"
-                                ) from None
-        if isinstance(err, OSError):
-            raise RunDirError(f"{path}: cannot write ({err.strerror or err})") from None
-        raise
-
-
 def atomic_save(obj: Any, path: str | Path) -> None:
     """``torch.save(obj, path)``, atomically. Serialised in memory first, so a full disk
     fails in the write (one ``DiskFullError``), never inside torch's zip writer."""
     buffer = io.BytesIO()
     torch.save(obj, buffer)
-    _atomic(Path(path), buffer.getvalue())
-
-
-def atomic_write_bytes(data: bytes, path: str | Path) -> None:
-    """``path.write_bytes(data)``, atomically."""
-    _atomic(Path(path), data)
-
-
-def atomic_write_text(text: str, path: str | Path) -> None:
-    """``path.write_text(text)`` in UTF-8, atomically."""
-    _atomic(Path(path), text.encode("utf-8"))
-
-
-def clean_temporaries(folder: str | Path) -> list[Path]:
-    """Remove the temporaries that killed processes left in ``folder`` (those of live
-    processes are kept); returns what was removed."""
-    removed = []
-    for tmp in Path(folder).glob(".*.tmp"):
-        m = _TMP.match(tmp.name)
-        if m is None or _alive(int(m.group("pid"))):
-            continue
-        tmp.unlink(missing_ok=True)
-        removed.append(tmp)
-    return removed
-
-
-def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return False  # ours, but no write of ours is under way while we clean
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    atomic_write_bytes(buffer.getvalue(), Path(path))
 
 
 # ----------------------------------------------------------------------------- optimisation
