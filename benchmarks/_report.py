@@ -22,7 +22,7 @@ from rich.table import Table
 from nasframe.config import parse_assignment
 from nasframe.errors import ConfigError
 from nasframe.ops.base import op_factory
-from nasframe.search import resolve_space
+from nasframe.search import import_space_code, resolve_space
 from nasframe.space import OpSet, OpSpec, SearchSpace, Stack
 
 RESULTS = Path("bench-results")  # relative to the current directory, never the package
@@ -77,6 +77,7 @@ def space_from_args(args: argparse.Namespace, name: str | None = None,
         if user:
             raise ConfigError("--space-option applies to built-in spaces, not a space JSON file")
         return resolve_space(text)
+    import_space_code(text)  # typed on the command line
     return resolve_space(text, **{**({} if ":" in text else defaults), **user})
 
 

@@ -12,7 +12,7 @@ from rich.table import Table
 from torch import Tensor
 
 from nasframe.errors import SpaceError, describe_validation_error
-from nasframe.runtime import atomic_write_text
+from nasframe.files import MAX_JSON_BYTES, atomic_write_text, read_text
 from nasframe.space import SearchSpace
 
 __all__ = ["Architecture", "derive"]
@@ -65,9 +65,8 @@ class Architecture(BaseModel):
     @classmethod
     def load(cls, path: str | Path) -> Architecture:
         path = Path(path)
-        if not path.is_file():
-            raise SpaceError(f"{path}: no such architecture file")
-        return cls.from_json(path.read_text(encoding="utf-8"), where=str(path))
+        text = read_text(path, MAX_JSON_BYTES, "architecture file", SpaceError)
+        return cls.from_json(text, where=str(path))
 
     # -- presentation -----------------------------------------------------------------------
     def diff(self, other: Architecture) -> dict[str, tuple[str, str]]:

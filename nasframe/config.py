@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from nasframe.data.spec import DataSpec
 from nasframe.errors import ConfigError, describe_validation_error
+from nasframe.files import MAX_TOML_BYTES, read_text
 from nasframe.supernet import ModelConfig
 
 __all__ = [
@@ -283,10 +284,8 @@ def load_config(path: str | Path, base: C | None = None,
     """
     path = Path(path)
     cls: Any = kind or (type(base) if base is not None else SearchConfig)
-    if not path.is_file():
-        raise ConfigError(f"{path}: no such config file")
     try:
-        table = tomllib.loads(path.read_text(encoding="utf-8"))
+        table = tomllib.loads(read_text(path, MAX_TOML_BYTES, "config file", ConfigError))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
         raise ConfigError(f"{path}: {err}") from None
     if base is None:

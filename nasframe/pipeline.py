@@ -32,6 +32,7 @@ from rich.table import Table
 
 from nasframe.compare import CompareSettings, CompareSpec, Row, compare
 from nasframe.compare.report import describe_architecture
+from nasframe.files import atomic_write_bytes
 
 __all__ = ["QuickstartOptions", "describe_architecture", "run_quickstart"]
 
@@ -130,7 +131,7 @@ def run_quickstart(options: QuickstartOptions | None = None,
     rows = [_model_row(r) for r in outcome.records]
     derived = outcome.records[0]
     arch_file = Path(derived["run_dir"]) / "arch_derived.json"
-    (options.out / "arch_derived.json").write_bytes(arch_file.read_bytes())
+    atomic_write_bytes(arch_file.read_bytes(), options.out / "arch_derived.json")
     total = time.perf_counter() - started
     result = {"run_dir": str(options.out.resolve()),
               "options": {k: str(v) if isinstance(v, Path) else v

@@ -6,7 +6,6 @@ work without a display.
 """
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections.abc import Sequence
@@ -14,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from nasframe.errors import CheckpointError, ConfigError
+from nasframe.files import read_json
 from nasframe.rundir import read_metrics
 
 __all__ = ["plot_alphas", "plot_curves", "plot_compare", "alpha_history", "read_curves"]
@@ -47,7 +47,8 @@ def alpha_history(run_dir: str | Path) -> tuple[list[int], dict[str, dict[str, l
     steps: list[int] = []
     history: dict[str, dict[str, list[float]]] = {}
     for step, path in files:
-        probs = json.loads(path.read_text(encoding="utf-8")).get("probabilities")
+        record = read_json(path, what="architecture file")
+        probs = record.get("probabilities") if isinstance(record, dict) else None
         if not probs:
             raise CheckpointError(f"{path}: records no probabilities (the strategy has no "
                                   "alphas, e.g. spos or random)")

@@ -3,7 +3,11 @@
 A run directory is the user's data. It is created only in a new or empty folder, it records
 its kind (``search`` or ``train``) and is written only by a run of that kind (``--resume``).
 Everything in it is written atomically, checkpoints are loaded with ``weights_only=True``
-only, and nothing non-finite is ever written as a checkpoint::
+only, and nothing non-finite is ever written as a checkpoint. A run directory may come from
+someone else, so it is read as data: a symbolic link anywhere in it is refused (naming the
+link), every file is read as a bounded regular file, a checkpoint whose compressed content
+would inflate out of proportion is refused before loading, and the code it recorded is never
+imported (``nasframe.plugins.check_recorded``)::
 
     run.json                  kind, nasframe version, processes and threads of each session
     config.json               the config the run was started with (resume starts from it)
@@ -17,9 +21,13 @@ Numbered checkpoints are listed, pruned and averaged by the same helpers for bot
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import re
+import shutil
+import stat
 import time
+import zipfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -30,16 +38,34 @@ import torch
 from torch import Tensor
 
 from nasframe.errors import CheckpointError, NonFiniteError, RunDirError
-from nasframe.plugins import reimport, save_imports
-from nasframe.runtime import atomic_save, atomic_write_text, clean_temporaries
+from nasframe.files import (
+    GiB,
+    append_line,
+    atomic_write_text,
+    clean_temporaries,
+    find_links,
+    lines_of,
+    read_json,
+    read_text,
+)
+from nasframe.plugins import check_recorded, save_imports
+from nasframe.runtime import atomic_save
 
 __all__ = ["CHECKPOINT_FORMAT", "RunDir", "RunKind", "average_states", "check_finite",
-           "divergence", "import_recorded_code", "load_checkpoint", "read_metrics"]
+           "check_recorded_code", "divergence", "load_checkpoint", "read_metrics"]
 
 CHECKPOINT_FORMAT = 2
 RUN_FILE, CONFIG_FILE, METRICS_FILE, CHECKPOINTS = ("run.json", "config.json", "metrics.jsonl",
                                                     "checkpoints")
 _NUMBERED = re.compile(r"^checkpoint_(\d+)\.pt$")
+#: What a run killed before its first checkpoint may hold; anything else is someone else's.
+_EARLY_FILES = {RUN_FILE, CONFIG_FILE, METRICS_FILE, "space.json", "vocab.model", "arch.json"}
+_EARLY_FOLDERS = {CHECKPOINTS, "imports"}
+#: A metrics.jsonl of ours stays far below this (a line per logged update).
+MAX_METRICS_BYTES = 1 * GiB
+#: The bytes a checkpoint's zip entries may inflate to, beyond its own size (torch.save
+#: stores entries uncompressed, so a checkpoint of ours inflates by about 1x).
+_INFLATE_RATIO, _INFLATE_SLACK = 1.5, 1 << 20
 
 
 class RunKind(StrEnum):
@@ -64,10 +90,41 @@ def load_checkpoint(path: str | Path, kind: RunKind | None = None) -> dict[str, 
     executed. ``kind`` checks which loop wrote it.
     """
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such checkpoint")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | os.O_NONBLOCK)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: no such checkpoint") from None
+    except OSError as err:
+        raise CheckpointError(f"{path}: cannot read it as a checkpoint ("
+                              f"{'a symbolic link' if path.is_symlink() else err.strerror})"
+                              ) from None
+    with os.fdopen(fd, "rb") as f:
+        _check_archive(f, path)
+        return _load_checked(f, path, kind)
+
+
+def _check_archive(f: Any, path: Path) -> None:
+    """Refuse a checkpoint that is not a regular file, or whose zip entries would inflate out
+    of proportion to its size (a decompression bomb), before torch reads a byte of it."""
+    size = os.fstat(f.fileno())
+    if not stat.S_ISREG(size.st_mode):
+        raise CheckpointError(f"{path}: not a regular file; refused as a checkpoint")
+    try:
+        with zipfile.ZipFile(f) as archive:
+            inflated = sum(i.file_size for i in archive.infolist())
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError):
+        inflated = 0  # not a zip: torch.load says what it is
+    limit = size.st_size * _INFLATE_RATIO + _INFLATE_SLACK
+    if inflated > limit:
+        raise CheckpointError(f"{path}: its entries inflate to {inflated:,} bytes from "
+                              f"{size.st_size:,}; a nasframe checkpoint is stored "
+                              "uncompressed, so it is refused before loading")
+    f.seek(0)
+
+
+def _load_checked(f: Any, path: Path, kind: RunKind | None) -> dict[str, Any]:
+    try:
+        ckpt = torch.load(f, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         found = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
         if found is None:  # not a pickle of anything we know: damaged or another format
@@ -129,23 +186,29 @@ def divergence(run: RunDir | None, step: int, what: str) -> NonFiniteError:
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
     """The records of a metrics.jsonl; a partial last line (a kill mid-write) is ignored, a
-    damaged line elsewhere is an error naming the line."""
+    damaged line elsewhere (or a ``step`` that is not a whole number) is an error naming the
+    line."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists() and not path.is_symlink():
         return []
-    lines = path.read_text(encoding="utf-8", errors="replace").split("\n")
+    text = read_text(path, MAX_METRICS_BYTES, "metrics file")
+    lines = lines_of(text, path)
     records = []
     for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
             record = json.loads(line)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):
             if number == len(lines):  # the unterminated last line of a killed writer
                 break
             raise RunDirError(f"{path}:{number}: not a JSON line") from None
-        if isinstance(record, dict):
-            records.append(record)
+        if not isinstance(record, dict):
+            raise RunDirError(f"{path}:{number}: not a JSON object")
+        step = record.get("step", 0)
+        if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+            raise RunDirError(f"{path}:{number}: step {step!r} is not an update number")
+        records.append(record)
     return records
 
 
@@ -177,7 +240,7 @@ class RunDir:
             if cls(path, kind).latest() is not None:
                 raise RunDirError(f"{path}: already holds a {kind} run; continue it with "
                                   "--resume or choose another --out")
-            # else a run of ours that stopped before its first checkpoint: start it over
+            _check_early_run(path, kind)  # a run of ours killed early: start it over
 
     @classmethod
     def create(cls, path: str | Path, kind: RunKind, info: Mapping[str, Any] | None = None
@@ -188,6 +251,9 @@ class RunDir:
         path.mkdir(parents=True, exist_ok=True)
         run = cls(path, kind)
         clean_temporaries(path)
+        for folder in _EARLY_FOLDERS:  # what an earlier start left: checked, ours, start over
+            if (path / folder).is_dir():
+                shutil.rmtree(path / folder)
         atomic_write_text("", run.metrics_path)
         run.write_json(RUN_FILE, {"kind": str(kind), "created": time.time(),
                                   "imports": save_imports(path), **(info or {})})
@@ -199,16 +265,17 @@ class RunDir:
         path = Path(path)
         if not path.is_dir():
             raise RunDirError(f"{path}: no such run directory (to {purpose})")
-        recorded = _recorded_kind(path)
+        _refuse_links(path)
+        info = read_json(path / RUN_FILE, what="run record")
+        recorded = _kind_of(info)
         if recorded is None:
             raise RunDirError(f"{path}: not a nasframe run directory (no {RUN_FILE} with a "
                               "kind)")
         if recorded != kind:
             raise RunDirError(f"{path}: is " + _HINT[recorded].format(path=path)
                               + f"; to {purpose} it must be a {kind} run")
-        run = cls(path, kind)
-        reimport(run.info().get("imports", []), path)  # the user's ops and spaces
-        return run
+        check_recorded(info.get("imports", []), path)  # the user's ops and spaces
+        return cls(path, kind)
 
     @classmethod
     def resume(cls, path: str | Path, kind: RunKind) -> RunDir:
@@ -242,12 +309,9 @@ class RunDir:
 
     def read_json(self, name: str) -> Any:
         path = self.path / name
-        if not path.is_file():
+        if not path.exists() and not path.is_symlink():
             raise RunDirError(f"{path}: missing from the run directory")
-        try:
-            return json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise RunDirError(f"{path}: not valid JSON ({err})") from None
+        return read_json(path)
 
     def write_json(self, name: str, data: Any) -> None:
         atomic_write_text(json.dumps(data, indent=2) + "\n", self.path / name)
@@ -301,8 +365,7 @@ class RunDir:
         """Append one metrics line (``event`` and ``step`` first, then ``time``)."""
         line = {"event": record.get("event", "train"), "step": record.get("step", 0),
                 "time": round(time.time(), 3), **record}
-        with open(self.metrics_path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(line, allow_nan=True) + "\n")
+        append_line(self.metrics_path, json.dumps(line, allow_nan=True))
         return line
 
     def metrics(self) -> list[dict[str, Any]]:
@@ -315,22 +378,55 @@ class RunDir:
         return kept
 
 
-def import_recorded_code(folder: str | Path) -> None:
-    """If ``folder`` is a run directory, import the user's code it recorded (for commands
-    that read one of its files, such as ``train --arch RUN/arch.json``)."""
+def check_recorded_code(folder: str | Path) -> None:
+    """If ``folder`` is a run directory, check that this command line imported the user's
+    code it recorded (for commands that read one of its files, such as ``train --arch
+    RUN/arch.json``); nothing recorded is imported."""
     folder = Path(folder)
-    try:
-        info = json.loads((folder / RUN_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    if not (folder / RUN_FILE).exists() and not (folder / RUN_FILE).is_symlink():
         return
+    info = read_json(folder / RUN_FILE, what="run record")
     if isinstance(info, dict):
-        reimport(list(info.get("imports", [])), folder)
+        check_recorded(info.get("imports", []), folder)
+
+
+def _kind_of(info: Any) -> RunKind | None:
+    try:
+        return RunKind(info["kind"])
+    except (ValueError, KeyError, TypeError):
+        return None
 
 
 def _recorded_kind(path: Path) -> RunKind | None:
+    """The kind a folder's run.json records; None if there is no readable one."""
     try:
-        info = json.loads((path / RUN_FILE).read_text(encoding="utf-8"))
-        return RunKind(info["kind"])
-    except (OSError, ValueError, KeyError, TypeError):
+        return _kind_of(read_json(path / RUN_FILE, what="run record"))
+    except RunDirError:
         return None
+
+
+def _refuse_links(path: Path) -> None:
+    links = find_links(path)
+    if links:
+        raise RunDirError(f"{links[0]}: a symbolic link inside the run directory {path}; a run "
+                          "never holds links, so it is refused (nothing was read through it)")
+
+
+def _check_early_run(path: Path, kind: RunKind) -> None:
+    """``path`` holds only what a ``kind`` run killed before its first checkpoint writes:
+    no link, no file of anyone else's."""
+    _refuse_links(path)
+    for entry in path.iterdir():
+        mode = entry.lstat().st_mode
+        ours = (entry.name in _EARLY_FILES and stat.S_ISREG(mode)) or \
+            (entry.name in _EARLY_FOLDERS and stat.S_ISDIR(mode)) or \
+            (entry.name.startswith(".") and entry.name.endswith(".tmp"))
+        if ours and entry.name in _EARLY_FOLDERS:  # only temporaries, or the imports' copies
+            ours = all(stat.S_ISREG(f.lstat().st_mode) and (
+                (f.name.startswith(".") and f.name.endswith(".tmp")) or
+                (entry.name == "imports" and f.suffix == ".py")) for f in entry.iterdir())
+        if not ours:
+            raise RunDirError(f"{entry}: not what a {kind} run writes before its first "
+                              f"checkpoint, so {path} is not provably a run of ours; choose a "
+                              "new or empty folder (nothing there was changed)")
 

@@ -33,16 +33,17 @@ from nasframe.data import (
 )
 from nasframe.errors import ConfigError, DataError, RunDirError
 from nasframe.executor import Executor, SearchResult, World
-from nasframe.plugins import import_user_code
+from nasframe.files import MAX_JSON_BYTES, read_text
+from nasframe.plugins import find_imported, import_user_code
 from nasframe.resume import SEARCH_RESUMABLE, resume_config
-from nasframe.rundir import RunDir, RunKind, import_recorded_code, load_checkpoint
+from nasframe.rundir import RunDir, RunKind, check_recorded_code, load_checkpoint
 from nasframe.runtime import resolve_device, seed_everything
 from nasframe.space import SearchSpace
 from nasframe.strategy import SearchContext, Strategy, get_strategy
 from nasframe.supernet import Supernet
 
-__all__ = ["search", "SearchData", "prepare_data", "resolve_config", "resolve_space",
-           "derive_checkpoint", "SearchResult"]
+__all__ = ["search", "SearchData", "import_space_code", "prepare_data", "resolve_config",
+           "resolve_space", "derive_checkpoint", "SearchResult"]
 
 VOCAB = "vocab.model"
 
@@ -140,7 +141,9 @@ def resolve_config(config: SearchConfig | str | Path | dict[str, Any] | None) ->
 
 
 def resolve_space(space: SearchSpace | str | Path, **options: Any) -> SearchSpace:
-    """A space object, a built-in name (``nf.spaces.get``) or a JSON file."""
+    """A space object, a built-in name (``nf.spaces.get``), a JSON file, or
+    ``MODULE_OR_FILE:ATTRIBUTE`` of code already imported (``--import``,
+    ``import_user_code``): a name read from a file never imports anything."""
     if isinstance(space, SearchSpace):
         return space
     text = str(space)
@@ -154,12 +157,23 @@ def resolve_space(space: SearchSpace | str | Path, **options: Any) -> SearchSpac
 
 
 def _space_attribute(text: str, options: dict[str, Any]) -> SearchSpace:
-    """``package.module:NAME``: a SearchSpace, or a factory called with ``options``."""
-    module, _, attribute = text.partition(":")
-    value = getattr(import_user_code(module), attribute, None)
+    """``module:NAME`` of imported code: a SearchSpace, or a factory registered with
+    ``nf.spaces.register``, called with ``options``. Nothing else is ever called."""
+    module_name, _, attribute = text.partition(":")
+    module = find_imported(module_name)
+    if module is None:
+        raise ConfigError(f"space {text}: names code that this command line did not import; "
+                          f"pass --import {module_name} to use it (a space named in a file "
+                          "never imports code by itself)")
+    value = getattr(module, attribute, None)
     if value is None:
-        raise ConfigError(f"space {text}: module {module!r} has no attribute {attribute!r}")
+        raise ConfigError(f"space {text}: module {module_name!r} has no attribute "
+                          f"{attribute!r}")
     if callable(value) and not isinstance(value, SearchSpace):
+        if not spaces.is_registered_factory(value):
+            raise ConfigError(f"space {text}: is a {type(value).__name__}, neither a "
+                              "SearchSpace nor a space factory registered with "
+                              "nf.spaces.register; nothing else is called")
         value = value(**options)
     elif options:
         raise ConfigError(f"space {text}: a SearchSpace object takes no options")
@@ -273,6 +287,8 @@ def _fresh(space: Any, strategy: Any, data: Any, config: Any, steps: int | None,
         updates["steps"] = steps
     if isinstance(data, str):
         updates["data.source"] = data
+    if isinstance(space, str):
+        import_space_code(space)  # named by the caller, not read from a config file
     space_obj = resolve_space(space if space is not None else cfg.space or strat.default_space)
     if isinstance(space, (str, Path)):
         updates["space"] = str(space)
@@ -288,7 +304,7 @@ def _resumed(space: Any, strategy: Any, data: Any, config: Any, out: str | Path 
         raise ConfigError("resume=True needs the run directory (out=...)")
     run = RunDir.resume(out, RunKind.SEARCH)
     path = run.file("config.json")
-    recorded = SearchConfig.from_json(path.read_text(encoding="utf-8"), where=str(path))
+    recorded = SearchConfig.from_json(read_text(path, MAX_JSON_BYTES, "config"), where=str(path))
     given = dict(overrides)
     if steps is not None:
         given["steps"] = steps
@@ -299,6 +315,8 @@ def _resumed(space: Any, strategy: Any, data: Any, config: Any, out: str | Path 
         raise RunDirError(f"{run.path}: was searched with strategy {recorded.strategy!r}, not "
                           f"{strat.name!r}")
     space_obj = SearchSpace.from_json(run.file("space.json"))
+    if isinstance(space, str):
+        import_space_code(space)
     if space is not None and resolve_space(space).digest() != space_obj.digest():
         raise RunDirError(f"{run.path}: was searched in another search space than "
                           f"{space!s:.80}; resume without a space (its space.json is used)")
@@ -340,18 +358,36 @@ def derive_checkpoint(path: str | Path) -> Architecture:
             raise RunDirError(f"{path}: no checkpoint yet")
         path = latest
     run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
-    import_recorded_code(run_dir)
+    check_recorded_code(run_dir)
     ckpt = load_checkpoint(path, RunKind.SEARCH)
-    cfg = SearchConfig.from_json(ckpt["config"], where=f"{path}: config")
-    space = SearchSpace.from_json(ckpt["space"])
-    net = build_supernet(space, cfg, int(ckpt["vocab_size"]))
-    strat = get_strategy(ckpt["strategy_name"])()
+    try:
+        cfg = SearchConfig.from_json(ckpt["config"], where=f"{path}: config")
+        space = SearchSpace.from_json(ckpt["space"])
+        vocab_size, strategy, step = int(ckpt["vocab_size"]), str(ckpt["strategy_name"]), \
+            int(ckpt["step"])
+        model, state = ckpt["model"], ckpt["strategy"]
+    except (KeyError, TypeError, ValueError) as err:  # ValueError: SpaceError, ConfigError too
+        raise RunDirError(f"{path}: not a search checkpoint of this nasframe "
+                          f"({type(err).__name__}: {str(err)[:200]})") from None
+    net = build_supernet(space, cfg, vocab_size)
+    strat = get_strategy(strategy)()
     ctx = SearchContext(net, cfg, valid_batches=_lazy_scoring(cfg, run_dir))
     strat.setup(ctx)
-    net.load_state_dict(ckpt["model"])
-    strat.load_state_dict(ckpt["strategy"])
-    ctx.step = int(ckpt["step"])
+    try:
+        net.load_state_dict(model)
+        strat.load_state_dict(state)
+    except (RuntimeError, KeyError, TypeError, ValueError) as err:
+        raise RunDirError(f"{path}: does not fit its own space and strategy "
+                          f"({str(err)[:200]})") from None
+    ctx.step = step
     return strat.derive()
+
+
+def import_space_code(space: str) -> None:
+    """Import the module or file of a ``MODULE_OR_FILE:ATTRIBUTE`` space that the caller
+    named (a command-line flag or an argument, never a value read from a file)."""
+    if ":" in space and not Path(space).exists():
+        import_user_code(space.partition(":")[0])
 
 
 def _lazy_scoring(cfg: SearchConfig, run_dir: Path) -> Callable[[], list[Batch]]:

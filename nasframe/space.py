@@ -38,6 +38,7 @@ from pydantic import (
 
 from nasframe import ops
 from nasframe.errors import SpaceError, describe_validation_error
+from nasframe.files import MAX_JSON_BYTES, read_text
 
 __all__ = ["OpSpec", "op", "OpSet", "Stack", "Sequential", "SearchSpace", "default_topology"]
 
@@ -402,7 +403,7 @@ class SearchSpace(_Model):
         text, prefix = str(source), ""
         if isinstance(source, Path) or (not text.lstrip().startswith("{") and Path(text).exists()):
             prefix = f"{source}: "
-            text = Path(source).read_text(encoding="utf-8")
+            text = read_text(Path(source), MAX_JSON_BYTES, "space file", SpaceError)
         token = _VALIDATING.set(True)
         try:
             return cls.model_validate_json(text)

@@ -17,6 +17,12 @@ def register(name: str, factory: Callable[..., SearchSpace]) -> None:
     _SPACES[name] = factory
 
 
+def is_registered_factory(value: object) -> bool:
+    """``value`` is a factory registered with ``register`` (the only callables a space named
+    in a file may call)."""
+    return any(value is factory for factory in _SPACES.values())
+
+
 def names() -> list[str]:
     return sorted(_SPACES)
 

@@ -66,30 +66,36 @@ def test_a_custom_op_space_and_corpus_from_search_to_bleu(user_dir: Path) -> Non
     assert info["imports"][0]["copy"] == "imports/user_ops.py"
     assert (user_dir / "s" / "imports" / "user_ops.py").read_text() == USER_OPS
 
-    done = nasframe("derive", "s", cwd=user_dir)  # a fresh process: re-imports from run.json
+    # a fresh process imports nothing a run recorded: it says which --import to pass
+    done = nasframe("derive", "s", cwd=user_dir)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1
+    assert f"pass --import {user_dir / 'user_ops.py'}" in done.stderr
+    mine = ["--import", "user_ops.py"]
+    done = nasframe("derive", "s", *mine, cwd=user_dir)
     assert done.returncode == 0, done.stderr[-2000:]
     done = nasframe("train", "--arch", "s/arch.json", "--out", "t", *data, "--steps", "3",
-                    "--d-model", "48", "--max-tokens", "400", "--no-progress", cwd=user_dir)
+                    "--d-model", "48", "--max-tokens", "400", "--no-progress", *mine,
+                    cwd=user_dir)
     assert done.returncode == 0, done.stderr[-2000:]
     (user_dir / "in.txt").write_text("Open the dialog.\nClick OK.\n")
-    done = nasframe("translate", "--model", "t", "--input", "in.txt", "--beam", "2",
+    done = nasframe("translate", "--model", "t", "--input", "in.txt", "--beam", "2", *mine,
                     cwd=user_dir)
     assert done.returncode == 0, done.stderr[-2000:]
     assert len(done.stdout.split("\n")) == 3
     done = nasframe("evaluate", "--model", "t", "--split", "test", "--limit", "5",
-                    "--beam", "1", "--no-progress", "--json", cwd=user_dir)
+                    "--beam", "1", "--no-progress", "--json", *mine, cwd=user_dir)
     assert done.returncode == 0, done.stderr[-2000:]
     scores = json.loads(done.stdout)
     assert scores["pairs_seen_in_training"] == 0 and scores["of"] == 20  # 5% of 400 held out
     done = nasframe("evaluate", "--model", "t", "--src", "corpus.en", "--tgt", "corpus.de",
-                    "--no-progress", cwd=user_dir)
+                    "--no-progress", *mine, cwd=user_dir)
     assert done.returncode == 2 and "were in the training data" in done.stderr
 
-    # the same run directory elsewhere, without the user's file: refused, with the way out
+    # the user's file changed: it no longer passes for the run's code; the run's copy does
     (user_dir / "user_ops.py").write_text(USER_OPS + "\n# changed\n")
-    done = nasframe("translate", "--model", "t", "--input", "in.txt", cwd=user_dir)
+    done = nasframe("translate", "--model", "t", "--input", "in.txt", *mine, cwd=user_dir)
     assert done.returncode == 2
-    assert "has changed; its copy is" in done.stderr and "--import" in done.stderr
+    assert "pass --import t/imports/user_ops.py (the run's copy" in done.stderr
     done = nasframe("translate", "--model", "t", "--input", "in.txt", "--beam", "2",
                     "--import", "t/imports/user_ops.py", cwd=user_dir)
     assert done.returncode == 0, done.stderr[-2000:]

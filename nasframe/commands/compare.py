@@ -87,6 +87,10 @@ def run(args: argparse.Namespace) -> int:
     else:
         options = dict(parse_assignment(o) for o in args.space_option)
         from nasframe.compare.spec import spec_from_names
+        from nasframe.search import import_space_code
+
+        if args.space:
+            import_space_code(args.space)  # typed on the command line
 
         spec = spec_from_names(args.strategies, args.baselines, args.space, options,
                                **settings)

@@ -21,7 +21,7 @@ from nasframe.config import (
     preset_names,
 )
 from nasframe.errors import CheckpointError, ConfigError
-from nasframe.rundir import import_recorded_code
+from nasframe.rundir import check_recorded_code
 
 __all__ = ["register"]
 
@@ -225,13 +225,15 @@ def search_config(args: argparse.Namespace) -> SearchConfig:
 
 
 def _space(args: argparse.Namespace, cfg: SearchConfig) -> Any:
-    from nasframe.search import resolve_space
+    from nasframe.search import import_space_code, resolve_space
     from nasframe.strategy import get_strategy
 
     options = dict(parse_assignment(o) for o in args.space_option)
     name = args.space or cfg.space or get_strategy(cfg.strategy).default_space
     if options and (str(name).endswith(".json") or Path(str(name)).is_file()):
         raise ConfigError("--space-option applies to built-in spaces, not a space JSON file")
+    if args.space:
+        import_space_code(args.space)  # typed on the command line; a TOML's space imports nothing
     return resolve_space(name, **options)
 
 
@@ -304,7 +306,7 @@ def _show(args: argparse.Namespace) -> int:
     if args.plot is not None and run_dir is None:
         raise ConfigError(f"--plot: give the search run directory ({args.arch.parent}), not "
                           f"{args.arch.name}: the plot reads every arch_stepN.json there")
-    import_recorded_code(path.parent)  # the user's ops, if a run recorded them
+    check_recorded_code(path.parent)  # the user's ops, if a run recorded them: imported?
     try:
         arch = Architecture.load(path)
     except json.JSONDecodeError as err:  # pragma: no cover - from_json reports it already

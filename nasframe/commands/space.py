@@ -11,7 +11,7 @@ from rich.table import Table
 
 import nasframe as nf
 from nasframe.memory import measure_step
-from nasframe.search import resolve_space
+from nasframe.search import import_space_code, resolve_space
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -32,6 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     console = Console()
     options = {} if args.layers is None else {"layers": args.layers}
+    import_space_code(args.name)  # typed on the command line
     space = resolve_space(args.name, **options)
     console.print(f"space [bold]{space.name}[/]: {space.size():,} architectures "
                   f"({space.size():.2e}), {len(space.choice_nodes())} choice nodes")

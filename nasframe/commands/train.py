@@ -23,7 +23,7 @@ from nasframe.config import (
 )
 from nasframe.data import DataSpec
 from nasframe.errors import ConfigError, SpaceError
-from nasframe.rundir import import_recorded_code
+from nasframe.rundir import check_recorded_code
 from nasframe.training import train
 
 
@@ -98,7 +98,7 @@ def load_architecture(name: str) -> nf.Architecture:
     """An architecture JSON file, or a built-in space that has no choices."""
     path = Path(name)
     if path.exists() or name.endswith(".json"):
-        import_recorded_code(path.parent)  # an arch.json of a run that used the user's ops
+        check_recorded_code(path.parent)  # an arch.json of a run that used the user's ops
         return nf.Architecture.load(path)
     if name in nf.spaces.names():
         space = nf.spaces.get(name)

@@ -18,7 +18,6 @@ from nasframe.data import (
     load_split,
 )
 from nasframe.decode import DecodeOptions
-from nasframe.errors import NasframeError
 from nasframe.evaluation import evaluate_run
 from nasframe.rundir import RunDir, RunKind
 from nasframe.search import SearchData, prepare_data, resolve_space, search
@@ -27,7 +26,8 @@ from nasframe.sizing import parse_count as parse_params
 from nasframe.training import train
 
 __all__ = [
-    "DataSpec", "DecodeOptions", "ParallelCorpus", "SearchConfig", "SearchData", "TrainConfig",
+    "DataSpec", "DecodeOptions", "ParallelCorpus", "RunDir", "RunKind", "SearchConfig",
+    "SearchData", "TrainConfig",
     "Vocab", "apply_overrides", "cache_dir", "evaluate_run", "has_checkpoint",
     "get_or_train_vocab", "load_data", "load_split", "match_size", "parameter_breakdown",
     "parse_params", "prepare_data", "resolve_space", "search", "train",
@@ -36,8 +36,8 @@ __all__ = [
 
 def has_checkpoint(run_dir: Path, kind: str) -> bool:
     """Whether ``run_dir`` holds a ``kind`` ("search" or "train") run with a checkpoint to
-    resume from."""
-    try:
-        return RunDir.open(run_dir, RunKind(kind)).latest() is not None
-    except NasframeError:
+    resume from. A run that is there but cannot be opened (a link in it, code not imported)
+    is an error, never a reason to start it over."""
+    if not (run_dir / "run.json").is_file():
         return False
+    return RunDir.open(run_dir, RunKind(kind)).latest() is not None

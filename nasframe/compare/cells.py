@@ -46,8 +46,9 @@ from nasframe.compare._deps import (
 )
 from nasframe.compare.report import describe_architecture
 from nasframe.compare.spec import CompareSettings, Row, row_space, slug
-from nasframe.errors import ConfigError, NasframeError
-from nasframe.runtime import atomic_write_text, resolve_device
+from nasframe.errors import ConfigError, NasframeError, RunDirError
+from nasframe.files import atomic_write_text, read_json
+from nasframe.runtime import resolve_device
 from nasframe.supernet import ModelConfig, build_model
 
 __all__ = ["Shared", "PeakMemory", "run_cell", "cell_dir", "alpha_entropy_of", "load_inputs"]
@@ -177,7 +178,13 @@ def alpha_entropy_of(arch: Architecture) -> tuple[float | None, float | None]:
 
 
 def _read(path: Path) -> dict[str, Any] | None:
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+    """A stage's record, if the stage finished (bounded, never through a link)."""
+    if not path.exists() and not path.is_symlink():
+        return None
+    record = read_json(path, what="cell record")
+    if not isinstance(record, dict):
+        raise RunDirError(f"{path}: not a cell record")
+    return record
 
 
 def _write(path: Path, record: dict[str, Any]) -> None:

@@ -16,6 +16,7 @@ that calls ``compare(..., jobs=N)`` must do so under ``if __name__ == "__main__"
 from __future__ import annotations
 
 import multiprocessing
+import os
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from pathlib import Path
@@ -84,16 +85,21 @@ def _cell(job: dict[str, Any], row_index: int, seed: int) -> dict[str, Any]:
     from nasframe.plugins import import_user_code
 
     torch.set_num_threads(job["threads"])
-    for record in job["imports"]:
-        import_user_code(record.get("file") or record["module"])
+    for record in job["imports"]:  # the parent's --import, read again: the same bytes only
+        import_user_code(record.get("file") or record["module"], record.get("sha256"))
     spec = CompareSpec.model_validate_json(job["spec_json"])
     s = spec.settings
     corpora, vocab = load_inputs(s)
     out, row = Path(job["out"]), spec.rows[row_index]
     folder = cell_dir(out, row, seed)
     folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / "console.log", "a", encoding="utf-8") as log:
+    with open(folder / "console.log", "a", encoding="utf-8", opener=_no_follow) as log:
         console = Console(file=log, width=120, force_terminal=False)
         shared = Shared(s, out, corpora, vocab, ModelConfig(**job["base"]), job["target"],
                         job["reference"], console, progress=False, resume=job["resume"])
         return run_cell(shared, row, seed)
+
+
+def _no_follow(path: str, flags: int) -> int:
+    """``open``'s opener that never writes through a link."""
+    return os.open(path, flags | getattr(os, "O_NOFOLLOW", 0), 0o644)

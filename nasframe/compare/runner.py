@@ -47,8 +47,8 @@ from nasframe.compare.spec import (
     row_space,
     spec_from_names,
 )
-from nasframe.errors import CheckpointError, ConfigError
-from nasframe.runtime import atomic_write_text
+from nasframe.errors import CheckpointError, ConfigError, RunDirError
+from nasframe.files import atomic_write_text, find_links, read_json
 from nasframe.supernet import ModelConfig, build_model, count_parameters
 
 __all__ = ["CompareResult", "compare", "target_parameters"]
@@ -163,14 +163,24 @@ def target_parameters(spec: CompareSpec, base: ModelConfig, vocab_size: int
 
 
 def _claim(out: Path, spec: CompareSpec, resume: bool) -> None:
-    """Record the spec; a resumed comparison must be the same one, a fresh one a new folder."""
+    """Record the spec. A fresh comparison takes a new or empty folder; a resumed one must be
+    the same comparison, in a folder without links (it may come from someone else)."""
     path = out / SPEC
     text = spec.model_dump_json(indent=2)
-    if path.is_file():
+    if out.exists() and not out.is_dir():
+        raise RunDirError(f"{out}: exists and is not a folder; choose a new --out")
+    if out.is_dir() and any(out.iterdir()):
+        if not path.exists() and not path.is_symlink():
+            raise RunDirError(f"{out}: not empty and not a comparison (no {SPEC}); choose a "
+                              "new or empty folder (nothing there was changed)")
         if not resume:
             raise CheckpointError(f"{out} already holds a comparison; pass --resume to finish "
                                   "it or choose another --out")
-        if json.loads(path.read_text(encoding="utf-8")) != json.loads(text):
+        links = find_links(out)
+        if links:
+            raise RunDirError(f"{links[0]}: a symbolic link inside the comparison {out}; a "
+                              "comparison never holds links, so it is refused")
+        if read_json(path, what="comparison spec") != json.loads(text):
             raise CheckpointError(f"{out} holds a comparison with other rows or settings "
                                   f"(see {path}); resume it with the same ones")
         return
@@ -216,9 +226,9 @@ def _write_tables(out: Path, spec: CompareSpec, records: list[dict[str, Any]], t
 def _seconds_so_far(out: Path) -> float:
     """Wall time of the earlier sessions of a resumed comparison (0 if none was recorded)."""
     try:
-        data = json.loads((out / JSON).read_text(encoding="utf-8"))
+        data = read_json(out / JSON, what="comparison record")
         return float(data.get("seconds_total", data.get("seconds", 0.0)))
-    except (OSError, ValueError, TypeError, AttributeError):
+    except (RunDirError, ValueError, TypeError, AttributeError):
         return 0.0
 
 

@@ -21,6 +21,8 @@ from rich.table import Table
 from nasframe.architecture import Architecture
 from nasframe.compare._deps import (
     DataSpec,
+    RunDir,
+    RunKind,
     TrainConfig,
     cache_dir,
     get_or_train_vocab,
@@ -32,7 +34,7 @@ from nasframe.compare._deps import (
 )
 from nasframe.compare.report import describe_architecture
 from nasframe.errors import CheckpointError, ConfigError
-from nasframe.runtime import atomic_write_text
+from nasframe.files import atomic_write_text, read_json
 from nasframe.supernet import build_model
 
 __all__ = ["select", "checkpoint_architectures"]
@@ -51,10 +53,11 @@ def checkpoint_architectures(run: Path) -> list[tuple[int, Architecture]]:
 
 
 def _search_data(run: Path) -> str:
-    path = run / "config.json"
-    if not path.is_file():
-        raise CheckpointError(f"{run}: no config.json (not a search run directory)")
-    source = json.loads(path.read_text(encoding="utf-8")).get("data", {}).get("source", "lohelp")
+    recorded = RunDir(run, RunKind.SEARCH).read_json("config.json")
+    data = recorded.get("data") if isinstance(recorded, dict) else None
+    source = data.get("source", "lohelp") if isinstance(data, dict) else None
+    if not isinstance(source, str):
+        raise CheckpointError(f"{run / 'config.json'}: no data.source (not a search config)")
     if str(source).startswith("synthetic:"):
         raise ConfigError(f"{run} searched on {source}, which has no text to re-train on; "
                           "give --data (a corpus with train/valid splits)")
@@ -68,7 +71,7 @@ def select(run: str | Path, train_steps: int, *, data: str | None = None,
     """Re-train every checkpoint's architecture briefly; return (and write) the table and the
     selected architecture. ``params`` sizes every model to that many parameters (blocks and
     d), else each is built at the preset's size."""
-    run = Path(run)
+    run = RunDir.open(run, RunKind.SEARCH, "select from").path  # no links, its code imported
     console = console or Console(stderr=True)
     archs = checkpoint_architectures(run)
     data = data or _search_data(run)
@@ -113,7 +116,7 @@ def _retrain(folder: Path, step: int, arch: Architecture, config: TrainConfig,
              progress: bool, console: Console) -> dict[str, Any]:
     done, out = folder / f"step{step}.json", folder / f"step{step}"
     if resume and done.is_file():
-        return json.loads(done.read_text(encoding="utf-8"))
+        return read_json(done, what="select record")
     model = match_size(arch, target, config.model, vocab_size) if target else config.model
     params = parameter_breakdown(build_model(arch, model, vocab_size))
     if out.exists():

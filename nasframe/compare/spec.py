@@ -34,6 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from nasframe.compare._deps import parse_params, resolve_space
 from nasframe.errors import ConfigError, NasframeError
+from nasframe.files import MAX_TOML_BYTES, read_text
 from nasframe.strategy import get_strategy
 
 __all__ = ["CompareSettings", "Row", "CompareSpec", "load_spec", "miniature", "row_space",
@@ -204,10 +205,8 @@ def row_space(row: Row) -> Any:
 def load_spec(path: str | Path, **settings: Any) -> CompareSpec:
     """Read a comparison TOML; ``settings`` (not None) override its ``[compare]`` table."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: no such compare file")
     try:
-        table = tomllib.loads(path.read_text(encoding="utf-8"))
+        table = tomllib.loads(read_text(path, MAX_TOML_BYTES, "compare file", ConfigError))
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"{path}: {err}") from None
     unknown = sorted(set(table) - {"compare", "rows"})
