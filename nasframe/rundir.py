@@ -266,6 +266,8 @@ class RunDir:
         if not path.is_dir():
             raise RunDirError(f"{path}: no such run directory (to {purpose})")
         _refuse_links(path)
+        if not (path / RUN_FILE).is_file():
+            raise RunDirError(f"{path}: not a nasframe run directory (no {RUN_FILE})")
         info = read_json(path / RUN_FILE, what="run record")
         recorded = _kind_of(info)
         if recorded is None:

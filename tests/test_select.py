@@ -52,7 +52,7 @@ def test_select_cli_resume_and_errors(search_run, tmp_path, capfd):
                  "--resume", "--no-progress"]) == 0
     assert capfd.readouterr().out.strip().endswith("arch_selected.json")
     assert main(["select", str(tmp_path), "--train-steps", "2"]) == 2
-    assert "no arch_step" in capfd.readouterr().err
+    assert "not a nasframe run directory" in capfd.readouterr().err
 
 
 def test_select_needs_text_for_a_synthetic_search(tmp_path):
