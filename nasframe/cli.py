@@ -62,6 +62,10 @@ def _add_common_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--threads", type=int, default=None, metavar="N",
                        help="torch CPU threads (default: all cores; bitwise resume needs the "
                             "same number; use 1 when other work shares the machine)")
+    group.add_argument("--max-params", default=None, metavar="N",
+                       help="refuse to build a model of more than N parameters, e.g. 5e9 "
+                            "(default: $NASFRAME_MAX_PARAMS or 2e9); a recorded config is "
+                            "checked before anything is allocated")
 
 
 #: Commands that compute enough for the thread count to matter.
@@ -69,12 +73,20 @@ _HEAVY = {"search", "train", "translate", "evaluate", "quickstart", "compare", "
 
 
 def _setup(args: argparse.Namespace) -> None:
-    """Threads, then the user's modules: both before the command builds anything."""
+    """The parameter limit, threads, then the user's modules: all before the command builds
+    anything."""
     import torch
 
     from nasframe.errors import ConfigError
+    from nasframe.limits import ENV_MAX_PARAMS, parse_max_params, set_max_params
     from nasframe.plugins import import_user_code
 
+    if args.max_params is None:
+        set_max_params(None)  # the environment's, or the default
+    else:
+        limit = parse_max_params(args.max_params)
+        set_max_params(limit)
+        os.environ[ENV_MAX_PARAMS] = str(limit)  # for the workers a command spawns
     if args.threads is not None:
         if args.threads < 1:
             raise ConfigError(f"--threads {args.threads}: must be at least 1")

@@ -8,13 +8,18 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import io
+import os
 import random
+import stat
 import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 from nasframe.errors import DataError
+from nasframe.files import MAX_LINE_BYTES, MiB
 
 __all__ = [
     "EMBEDDED_NAME",
@@ -85,24 +90,100 @@ def _corpus_name(path: Path) -> str:
 def _read_lines(path: Path) -> list[str]:
     """All lines of a UTF-8 text file (gzipped if the name ends in ``.gz``), without line ends.
 
-    Lines are decoded one at a time so that invalid UTF-8 is reported with its line number.
+    Only a regular file is read (``/dev/zero``, a FIFO or a folder is refused before a byte is
+    read: a corpus path may come from a run directory someone sent), and no line may be
+    longer than ``MAX_LINE_BYTES`` characters, decompressed: the file is read in chunks of
+    bounded size, so an endless line is an error, not an exhausted machine. There is no bound
+    on the whole file (corpora can be gigabytes). Errors name ``path:line``.
     """
     path = Path(path)
-    if not path.exists():
-        raise DataError(f"{path}: no such file")
-    if path.is_dir():
-        raise DataError(f"{path}: is a directory, expected a corpus file")
+    raw = _open_regular(path)
     lines: list[str] = []
     try:
-        with (gzip.open(path, "rb") if _is_gzip(path) else open(path, "rb")) as f:
-            for number, raw in enumerate(f, start=1):
-                lines.append(_decode_line(raw, path, number))
+        with raw, (gzip.GzipFile(fileobj=raw, mode="rb") if _is_gzip(path) else raw) as f:
+            tail = b""
+            while True:
+                chunk = f.read(_CHUNK)
+                if not chunk:
+                    break
+                data = tail + chunk if tail else chunk
+                cut = data.rfind(b"\n")
+                if cut < 0:
+                    tail = data
+                else:
+                    lines.extend(_decode_lines(data[:cut], path, len(lines)))
+                    tail = data[cut + 1:]
+                if len(tail) > _MAX_LINE_UTF8:  # more characters than a line may have
+                    _too_long(path, len(lines) + 1)
+            if tail:
+                lines.extend(_decode_lines(tail, path, len(lines)))
     except (gzip.BadGzipFile, EOFError, zlib.error) as e:
         raise DataError(f"{path}: not a readable gzip file ({e})") from e
     except OSError as e:
         raise DataError(f"{path}: cannot read ({e.strerror or e})") from e
     if not lines:
         raise DataError(f"{path}: file is empty, expected one sentence per line")
+    return lines
+
+
+#: Bytes read at a time: large enough that reading costs no more than before, small enough
+#: to bound memory whatever the file holds.
+_CHUNK = 4 * MiB
+#: Bytes of an unfinished line beyond which it has more than MAX_LINE_BYTES characters
+#: whatever they are (UTF-8 uses at most 4 bytes a character).
+_MAX_LINE_UTF8 = 4 * MAX_LINE_BYTES + 1  # + 1: a Windows '\r'
+_OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+
+
+def _open_regular(path: Path) -> io.FileIO:
+    """``path`` opened for reading if it is a regular file (a link the user named is
+    followed); a folder, device, FIFO or socket is refused without reading it. ``O_NONBLOCK``
+    keeps the open of a FIFO from waiting for a writer."""
+    try:
+        fd = os.open(path, _OPEN_FLAGS)
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise DataError(f"{path}: is a directory, expected a corpus file") from None
+    except OSError as e:
+        raise DataError(f"{path}: cannot read ({e.strerror or e})") from e
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise DataError(f"{path}: is a directory, expected a corpus file")
+        if not stat.S_ISREG(mode):
+            raise DataError(f"{path}: is a device, pipe or socket, not a regular file; a "
+                            "corpus is read only from a regular file")
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
+        return io.FileIO(fd, "rb", closefd=True)
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _too_long(path: Path, number: int) -> NoReturn:
+    raise DataError(f"{path}:{number}: a line longer than {MAX_LINE_BYTES:,} characters; "
+                    "refused (one sentence per line is expected)")
+
+
+def _decode_lines(data: bytes, path: Path, before: int) -> list[str]:
+    """The lines of ``data`` (complete lines, without the last one's end), numbered from
+    ``before + 1`` in errors; each stripped of one ``\n`` and a Windows ``\r``."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:  # find the line, and say where in it
+        number = before + data.count(b"\n", 0, e.start) + 1
+        line = data[data.rfind(b"\n", 0, e.start) + 1:].split(b"\n", 1)[0]
+        _decode_line(line, path, number)
+        raise AssertionError("unreachable") from e  # pragma: no cover
+    lines = text.split("\n")
+    if max(map(len, lines)) > MAX_LINE_BYTES:
+        longest = max(range(len(lines)), key=lambda i: len(lines[i]))
+        if len(lines[longest].removesuffix("\r")) > MAX_LINE_BYTES:
+            _too_long(path, before + longest + 1)
+    if "\r" in text:  # tolerate Windows line ends; a lone '\r' inside a line is text
+        lines = [line[:-1] if line.endswith("\r") else line for line in lines]
     return lines
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import json
 import os
 import sys
 from collections.abc import Iterable, Iterator, Sequence
@@ -18,7 +19,8 @@ import sentencepiece as spm
 
 from nasframe.data.corpus import ParallelCorpus
 from nasframe.errors import DataError
-from nasframe.runtime import atomic_write_bytes
+from nasframe.files import KiB, MiB, atomic_write_bytes, atomic_write_text, read_bytes, read_json
+from nasframe.limits import MAX_VOCAB_SIZE
 
 __all__ = [
     "BOS_ID",
@@ -41,6 +43,13 @@ INPUT_SENTENCE_SIZE = 2_000_000
 
 # Part of the cache key: change it whenever the training options below change.
 _TRAINER_REVISION = "bpe-identity-v1"
+
+#: The most a ``.model`` file may hold (a 32,000-piece model is under 1 MiB); a larger file,
+#: like a link or a device, is refused before it is parsed.
+MAX_MODEL_BYTES = 64 * MiB
+#: What a cache entry's record (``spm-<size>-<key>.json``) says it was built from.
+_ENTRY_FORMAT = "nasframe-vocab-cache-1"
+_MAX_ENTRY_BYTES = 64 * KiB
 
 
 class Vocab:
@@ -81,6 +90,9 @@ class Vocab:
         """
         if vocab_size <= NUM_SPECIAL:
             raise DataError(f"vocab_size {vocab_size}: must be larger than {NUM_SPECIAL}")
+        if vocab_size > MAX_VOCAB_SIZE:
+            raise DataError(f"vocab_size {vocab_size}: above the {MAX_VOCAB_SIZE:,} a "
+                            "vocabulary may have")
         model = _train_model_bytes(iter(texts), vocab_size, seed, input_sentence_size)
         prefix = Path(model_prefix)
         prefix.parent.mkdir(parents=True, exist_ok=True)
@@ -92,15 +104,11 @@ class Vocab:
 
     @classmethod
     def load(cls, path: str | Path) -> Vocab:
-        """Load a ``.model`` file written by :meth:`train` or :meth:`save`."""
+        """Load a ``.model`` file written by :meth:`train` or :meth:`save`: a regular file of
+        at most ``MAX_MODEL_BYTES``, never read through a link (a run's ``vocab.model`` may
+        come from someone else)."""
         path = Path(path)
-        try:
-            model = path.read_bytes()
-        except FileNotFoundError as e:
-            raise DataError(f"{path}: no such vocabulary file") from e
-        except OSError as e:
-            raise DataError(f"{path}: cannot read vocabulary ({e.strerror or e})") from e
-        return cls(_processor_from_bytes(model, path), path)
+        return cls(_processor_from_bytes(_read_model(path), path), path)
 
     def save(self, path: str | Path) -> Path:
         """Write the model (e.g. into a run directory, so the run can be reproduced)."""
@@ -230,23 +238,69 @@ def _interleaved_texts(corpus: ParallelCorpus) -> Iterator[str]:
 
 def vocab_cache_key(corpus: ParallelCorpus, vocab_size: int) -> str:
     """What a cached model depends on: the corpus text, the size and the training options."""
-    text = f"{corpus.digest()}:{vocab_size}:{_TRAINER_REVISION}:{INPUT_SENTENCE_SIZE}"
-    return hashlib.sha256(text.encode()).hexdigest()[:20]
+    return _cache_key(corpus.digest(), vocab_size)
 
 
 def get_or_train_vocab(
     corpus: ParallelCorpus, cache_dir: str | Path, vocab_size: int = 8000
 ) -> Vocab:
     """The joint vocabulary of ``corpus``, trained on first use and loaded from ``cache_dir``
-    afterwards (keyed by content and size, so renaming or moving a corpus keeps the cache)."""
+    afterwards (keyed by content and size, so renaming or moving a corpus keeps the cache).
+
+    A cache folder may be shared, so an entry is data to check, not to trust: beside
+    ``spm-<size>-<key>.model`` a record (``.json``, written last) says what the model was
+    built from (the cache key, the corpus digest, the size, the trainer's revision) and the
+    SHA-256 of its bytes. An entry is used only if the record matches this corpus and these
+    settings and the model's bytes (read once, from a regular file, never through a link)
+    match the record; a missing, damaged, edited or linked entry is trained again and
+    replaced (never written through)."""
     cache_dir = Path(cache_dir)
-    prefix = cache_dir / f"spm-{vocab_size}-{vocab_cache_key(corpus, vocab_size)}"
+    digest = corpus.digest()
+    key = _cache_key(digest, vocab_size)
+    prefix = cache_dir / f"spm-{vocab_size}-{key}"
     model_path = prefix.with_name(prefix.name + ".model")
-    if model_path.exists():
-        try:
-            cached = Vocab.load(model_path)
-        except DataError:
-            cached = None  # a damaged cache entry (a truncated copy): train it again
-        if cached is not None and len(cached) == vocab_size:
+    record_path = prefix.with_name(prefix.name + ".json")
+    expected = {"format": _ENTRY_FORMAT, "key": key, "corpus": digest,
+                "vocab_size": vocab_size, "trainer": _TRAINER_REVISION,
+                "input_sentence_size": INPUT_SENTENCE_SIZE}
+    if model_path.exists() or model_path.is_symlink():
+        cached = _cached_vocab(model_path, record_path, expected)
+        if cached is not None:
             return cached
-    return Vocab.train(_interleaved_texts(corpus), prefix, vocab_size)
+    vocab = Vocab.train(_interleaved_texts(corpus), prefix, vocab_size)
+    # The bytes just written, from memory: re-reading the file would bless whatever another
+    # user of the folder put there in between.
+    model = vocab._sp.serialized_model_proto()
+    record = {**expected, "sha256": hashlib.sha256(model).hexdigest()}
+    atomic_write_text(json.dumps(record, indent=1) + "\n", record_path)
+    return vocab
+
+
+def _cache_key(digest: str, vocab_size: int) -> str:
+    text = f"{digest}:{vocab_size}:{_TRAINER_REVISION}:{INPUT_SENTENCE_SIZE}"
+    return hashlib.sha256(text.encode()).hexdigest()[:20]
+
+
+def _cached_vocab(model_path: Path, record_path: Path, expected: dict[str, object]
+                  ) -> Vocab | None:
+    """The entry at ``model_path`` if its record and bytes say it is the one expected; None
+    (train again) otherwise."""
+    try:
+        record = read_json(record_path, _MAX_ENTRY_BYTES, "vocabulary cache record",
+                           error=DataError)
+        model = _read_model(model_path)
+    except DataError:
+        return None  # missing, a link, a device, too large, not JSON
+    if not isinstance(record, dict) or any(record.get(k) != v for k, v in expected.items()):
+        return None  # another corpus's, other settings', or a record of another format
+    if record.get("sha256") != hashlib.sha256(model).hexdigest():
+        return None  # the model was edited or replaced (or half copied)
+    try:
+        vocab = Vocab(_processor_from_bytes(model, model_path), model_path)
+    except DataError:
+        return None
+    return vocab if len(vocab) == expected["vocab_size"] else None
+
+
+def _read_model(path: Path) -> bytes:
+    return read_bytes(path, MAX_MODEL_BYTES, "vocabulary file", error=DataError)
