@@ -754,3 +754,36 @@ def test_absurd_recorded_settings_are_refused_before_allocating(case, name, trai
     done = nasframe(*args, cwd=tmp_path, timeout=90)
     assert_refused(done.returncode, done.stderr, *words, first=False)
     assert snapshot(tmp_path, skip=[run]) == before
+
+
+def test_an_imported_file_is_read_once_and_those_bytes_run(tmp_path, monkeypatch):
+    """Attack 2's race: the file is swapped right after nasframe read it. What runs, and what
+    the run records, is what was read and hashed, never the swapped content."""
+    import hashlib
+
+    import nasframe.plugins as plugins
+
+    honest = "VALUE = 'honest'\n"
+    evil = f"open({str(tmp_path / 'PWNED')!r}, 'w').close()\nVALUE = 'evil'\n"
+    path = tmp_path / "raced_ops.py"
+    path.write_text(honest)
+    reads = []
+    real = plugins.read_bytes
+
+    def read_then_swap(*args, **kwargs):
+        data = real(*args, **kwargs)
+        reads.append(data)
+        path.write_text(evil)  # the attacker wins the race: too late
+        return data
+
+    monkeypatch.setattr(plugins, "read_bytes", read_then_swap)
+    module = plugins.import_user_code(str(path))
+    assert module.VALUE == "honest" and not (tmp_path / "PWNED").exists()
+    assert len(reads) == 1
+    record = next(r for r in plugins.imported() if r.get("file") == str(path.resolve()))
+    assert record["sha256"] == hashlib.sha256(honest.encode()).hexdigest()
+    run = tmp_path / "run"
+    run.mkdir()
+    records = plugins.save_imports(run)  # the copy is the bytes that ran
+    copy = next(r for r in records if r.get("file") == str(path.resolve()))["copy"]
+    assert (run / copy).read_text() == honest
