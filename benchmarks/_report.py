@@ -19,11 +19,11 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from nasframe.config import parse_assignment
-from nasframe.errors import ConfigError
-from nasframe.ops.base import op_factory
-from nasframe.search import import_space_code, resolve_space
-from nasframe.space import OpSet, OpSpec, SearchSpace, Stack
+from nasframe.base.errors import ConfigError
+from nasframe.dsl.ops.base import op_factory
+from nasframe.dsl.space import OpSet, OpSpec, SearchSpace, Stack
+from nasframe.run.config import parse_assignment
+from nasframe.searching.api import import_space_code, resolve_space
 
 RESULTS = Path("bench-results")  # relative to the current directory, never the package
 

@@ -24,10 +24,10 @@ from typing import Any
 import torch
 
 import nasframe as nf
-from nasframe.data import load_split
-from nasframe.decode import DecodeOptions, translate_ids
-from nasframe.errors import ConfigError
-from nasframe.space import SearchSpace, Stack
+from nasframe.base.errors import ConfigError
+from nasframe.dsl.space import SearchSpace, Stack
+from nasframe.text.data import load_split
+from nasframe.text.decode import DecodeOptions, translate_ids
 
 from . import _report
 from ._report import positive

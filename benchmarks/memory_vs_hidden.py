@@ -26,13 +26,19 @@ import numpy
 import torch
 
 import nasframe as nf
-from nasframe.config import OptimConfig
-from nasframe.data.batching import Batch
-from nasframe.errors import ConfigError
-from nasframe.memory import parse_bytes, saved_bytes, step_peak
-from nasframe.space import SearchSpace, Stack
-from nasframe.strategy import seq2seq_loss
-from nasframe.updates import alpha_optimizer, assign_grads, frozen, gradients, weight_optimizer
+from nasframe.base.errors import ConfigError
+from nasframe.dsl.space import SearchSpace, Stack
+from nasframe.engine.memory import parse_bytes, saved_bytes, step_peak
+from nasframe.run.config import OptimConfig
+from nasframe.searching.updates import (
+    alpha_optimizer,
+    assign_grads,
+    frozen,
+    gradients,
+    weight_optimizer,
+)
+from nasframe.text.data.batching import Batch
+from nasframe.text.output_loss import seq2seq_loss
 
 from . import _report
 from ._report import positive

@@ -20,10 +20,10 @@ import torch
 from pydantic import ValidationError
 from torch import nn
 
-from nasframe.errors import ConfigError, SpaceError
-from nasframe.memory import device_peak_bytes, saved_bytes
-from nasframe.ops import Context, create_op
-from nasframe.space import OpSpec
+from nasframe.base.errors import ConfigError, SpaceError
+from nasframe.dsl.ops import Context, create_op
+from nasframe.dsl.space import OpSpec
+from nasframe.engine.memory import device_peak_bytes, saved_bytes
 
 from . import _report
 from ._report import positive

@@ -31,10 +31,10 @@ from collections.abc import Sequence
 import torch
 
 import nasframe as nf
-from nasframe.config import SearchConfig, preset_names
-from nasframe.data.batching import Batch
-from nasframe.strategy import seq2seq_loss
-from nasframe.updates import frozen
+from nasframe.run.config import SearchConfig, preset_names
+from nasframe.searching.updates import frozen
+from nasframe.text.data.batching import Batch
+from nasframe.text.output_loss import seq2seq_loss
 
 from . import _report
 from ._report import positive

@@ -7,7 +7,7 @@ the memory it needs for K = 0..L kept layers per stack, against plain autograd
 (``memory_saving=False``). Time: median of paired ratios over alternating repetitions (with
 min/max). Memory: bytes kept for backward (``saved_tensors_hooks``) and the peak during the
 step above what existed before it (activations, temporaries and the gradients it returns;
-``nasframe.memory.allocated_peak_bytes`` on CPU, ``max_memory_allocated`` on CUDA).
+``nasframe.engine.memory.allocated_peak_bytes`` on CPU, ``max_memory_allocated`` on CUDA).
 
 Part 2, precision: for depths 2/6/12/24, the reconstruction drift max |inverse(forward(x)) - x|
 of the encoder stack and the relative error of all gradients (global norm and worst tensor)
@@ -27,10 +27,10 @@ from collections.abc import Sequence
 import torch
 
 import nasframe as nf
-from nasframe.errors import ConfigError
-from nasframe.memory import device_peak_bytes, saved_bytes
-from nasframe.space import Stack
-from nasframe.updates import frozen
+from nasframe.base.errors import ConfigError
+from nasframe.dsl.space import Stack
+from nasframe.engine.memory import device_peak_bytes, saved_bytes
+from nasframe.searching.updates import frozen
 
 from . import _report
 from ._report import positive

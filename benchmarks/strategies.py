@@ -17,8 +17,8 @@ import statistics
 import torch
 
 import nasframe as nf
-from nasframe.config import SearchConfig, apply_overrides
-from nasframe.strategy import get_strategy
+from nasframe.run.config import SearchConfig, apply_overrides
+from nasframe.searching.strategy import get_strategy
 
 from . import _report
 from ._report import positive

@@ -7,12 +7,8 @@ Everything a user needs is importable from here::
 """
 from __future__ import annotations
 
-from nasframe import ops, reversible, spaces, updates
-from nasframe.architecture import Architecture, derive
-from nasframe.choice import ChoiceNode
-from nasframe.config import SearchConfig, TrainConfig
-from nasframe.data import DataSpec
-from nasframe.errors import (
+from nasframe import spaces
+from nasframe.base.errors import (
     CheckpointError,
     ConfigError,
     DataError,
@@ -22,24 +18,31 @@ from nasframe.errors import (
     RunDirError,
     SpaceError,
 )
-from nasframe.evaluation import evaluate_run as evaluate
-from nasframe.evaluation import translate
-from nasframe.executor import Executor, SearchResult
-from nasframe.loading import LoadedRun, load_run
-from nasframe.ops import Context, IncrementalState, Operation, Residual, register_op
-from nasframe.rundir import RunDir, RunKind
-from nasframe.runtime import rng_state, set_random_state, set_rng_state
-from nasframe.search import SearchData, search
-from nasframe.space import OpSet, OpSpec, SearchSpace, Sequential, Stack, op
-from nasframe.strategy import (
+from nasframe.base.runtime import rng_state, set_random_state, set_rng_state
+from nasframe.dsl import ops
+from nasframe.dsl.architecture import Architecture, derive
+from nasframe.dsl.ops import Context, IncrementalState, Operation, Residual, register_op
+from nasframe.dsl.space import OpSet, OpSpec, SearchSpace, Sequential, Stack, op
+from nasframe.engine import reversible
+from nasframe.engine.choice import ChoiceNode
+from nasframe.engine.supernet import ModelConfig, Supernet, build_model, count_parameters
+from nasframe.run.config import SearchConfig, TrainConfig
+from nasframe.run.rundir import RunDir, RunKind
+from nasframe.searching import updates
+from nasframe.searching.api import SearchData, search
+from nasframe.searching.executor import Executor, SearchResult
+from nasframe.searching.strategy import (
     SearchContext,
     Strategy,
     available_strategies,
     get_strategy,
     register_strategy,
 )
-from nasframe.supernet import ModelConfig, Supernet, build_model, count_parameters
-from nasframe.training import TrainResult, train
+from nasframe.text.data import DataSpec
+from nasframe.text.evaluation import evaluate_run as evaluate
+from nasframe.text.evaluation import translate
+from nasframe.text.loading import LoadedRun, load_run
+from nasframe.text.training import TrainResult, train
 
 __version__ = "0.1.0"
 

@@ -18,7 +18,7 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
-from nasframe.errors import NasframeError
+from nasframe.base.errors import NasframeError
 
 __all__ = ["build_parser", "main"]
 
@@ -77,9 +77,9 @@ def _setup(args: argparse.Namespace) -> None:
     anything."""
     import torch
 
-    from nasframe.errors import ConfigError
-    from nasframe.limits import ENV_MAX_PARAMS, parse_max_params, set_max_params
-    from nasframe.plugins import import_user_code
+    from nasframe.base.errors import ConfigError
+    from nasframe.base.limits import ENV_MAX_PARAMS, parse_max_params, set_max_params
+    from nasframe.dsl.plugins import import_user_code
 
     if args.max_params is None:
         set_max_params(None)  # the environment's, or the default

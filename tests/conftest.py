@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from nasframe.data import ParallelCorpus, load_split, write_tsv
+from nasframe.text.data import ParallelCorpus, load_split, write_tsv
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 import nasframe as nf
+from nasframe.base.errors import ConfigError
 from nasframe.cli import main
-from nasframe.errors import ConfigError
-from nasframe.memory import parse_bytes, step_peak
+from nasframe.engine.memory import parse_bytes, step_peak
 
 
 def _bench(tmp_path: Path, *argv: str) -> dict:

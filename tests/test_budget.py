@@ -6,10 +6,10 @@ import json
 import torch
 
 import nasframe as nf
-from nasframe.budget import keep_layers_for, per_layer_bytes
-from nasframe.config import SearchConfig, apply_overrides
-from nasframe.data import collate
-from nasframe.search import search
+from nasframe.run.config import SearchConfig, apply_overrides
+from nasframe.searching.api import search
+from nasframe.searching.budget import keep_layers_for, per_layer_bytes
+from nasframe.text.data import collate
 
 
 def test_k_grows_with_the_budget_and_counts_what_the_layers_keep() -> None:

@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 
 import nasframe.compare.cells as cells
+from nasframe.base.errors import CheckpointError, ConfigError
 from nasframe.cli import main
 from nasframe.compare import CompareSpec, compare, load_spec
-from nasframe.errors import CheckpointError, ConfigError
-from nasframe.plots import alpha_history, plot_alphas, plot_curves
+from nasframe.compare.plots import alpha_history, plot_alphas, plot_curves
 
 ROWS = [{"name": "transformer", "architecture": "transformer"},
         {"name": "dartsformer", "strategy": "darts-reversible", "space": "tiny"},
@@ -81,7 +81,7 @@ def test_resume_skips_finished_cells_and_continues_the_interrupted_one(tmp_path,
     def dying_train(*args, **kwargs):
         calls["train"] += 1
         if calls["train"] == 2:  # the second cell: killed after its checkpoint at update 2
-            import nasframe.training as tr
+            import nasframe.text.training as tr
 
             real_step = tr.Trainer.train_step
 
@@ -246,9 +246,9 @@ def test_contrasts_pair_by_seed_against_the_baseline_and_random(quick_run):
                                            ("handpicked_dec2.json", 224, 1_149_392)])
 def test_committed_handpicked_architectures_have_the_reported_sizes(name, d, params):
     """README, 'why the reversible family lost': these sizes sit beside the Transformer's."""
-    from nasframe.architecture import Architecture
-    from nasframe.config import TrainConfig
-    from nasframe.supernet import build_model, count_parameters
+    from nasframe.dsl.architecture import Architecture
+    from nasframe.engine.supernet import build_model, count_parameters
+    from nasframe.run.config import TrainConfig
 
     arch = Architecture.load(Path(__file__).parents[1] / "benchmarks" / "archs" / name)
     model = TrainConfig.preset_config("tiny").model.model_copy(update={"d_model": d})

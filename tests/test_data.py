@@ -1,4 +1,5 @@
-"""Tests of nasframe.data: corpus reading and validation, vocabulary, batching, synthetic tasks."""
+"""Tests of nasframe.text.data: corpus reading and validation, vocabulary, batching, synthetic
+tasks."""
 from __future__ import annotations
 
 import gzip
@@ -11,7 +12,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nasframe.data import (
+from nasframe.base.errors import CheckpointError, ConfigError, DataError, NasframeError
+from nasframe.text.data import (
     BOS_ID,
     EOS_ID,
     PAD_ID,
@@ -34,7 +36,6 @@ from nasframe.data import (
     write_pair,
     write_tsv,
 )
-from nasframe.errors import CheckpointError, ConfigError, DataError, NasframeError
 
 SMALL = ParallelCorpus(
     src=["Hello world.", "Choose Tools - Options.", "The cat sat on the mat."],

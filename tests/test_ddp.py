@@ -11,12 +11,12 @@ from typing import Any
 import torch
 
 from nasframe import spaces
-from nasframe.config import SearchConfig, apply_overrides
-from nasframe.data import Batch, TokenBatcher
-from nasframe.executor import Executor, World
-from nasframe.rundir import RunDir, RunKind
-from nasframe.search import SearchData, build_supernet, prepare_data
-from nasframe.strategy import SearchContext, get_strategy, seq2seq_loss
+from nasframe.run.config import SearchConfig, apply_overrides
+from nasframe.run.rundir import RunDir, RunKind
+from nasframe.searching.api import SearchData, build_supernet, prepare_data
+from nasframe.searching.executor import Executor, World
+from nasframe.searching.strategy import SearchContext, get_strategy, seq2seq_loss
+from nasframe.text.data import Batch, TokenBatcher
 
 SETTINGS = {
     "device": "cpu", "seed": 5, "steps": 4, "checkpoint_every": 4, "log_every": 1,

@@ -9,9 +9,11 @@ import sacrebleu
 import torch
 
 import nasframe as nf
-from nasframe.config import TrainConfig
-from nasframe.data import synthetic_pairs
-from nasframe.decode import (
+from nasframe.dsl.ops import IncrementalState
+from nasframe.run.config import TrainConfig
+from nasframe.run.rundir import RunDir, RunKind
+from nasframe.text.data import BOS_ID, EOS_ID, synthetic_pairs
+from nasframe.text.decode import (
     DecodeOptions,
     beam_search,
     decoding_speed,
@@ -19,9 +21,7 @@ from nasframe.decode import (
     length_penalty,
     translate_ids,
 )
-from nasframe.ops import IncrementalState
-from nasframe.rundir import RunDir, RunKind
-from nasframe.training import Trainer
+from nasframe.text.training import Trainer
 
 VOCAB = 30
 
@@ -146,8 +146,8 @@ def test_hypotheses_carry_their_model_log_probability(random_model):
             assert len(hyps) == 3
             assert [h.score for h in hyps] == sorted((h.score for h in hyps), reverse=True)
             for h in hyps:
-                tgt_in = torch.tensor([[nf.data.BOS_ID, *h.tokens]])
-                tgt_out = torch.tensor([*h.tokens, nf.data.EOS_ID])
+                tgt_in = torch.tensor([[BOS_ID, *h.tokens]])
+                tgt_out = torch.tensor([*h.tokens, EOS_ID])
                 logits = random_model(src[row:row + 1], tgt_in)[0]
                 lp = torch.log_softmax(logits, -1).gather(1, tgt_out[:, None]).sum()
                 assert h.log_prob == pytest.approx(float(lp), abs=1e-9)

@@ -1,12 +1,12 @@
-"""The CPU dropout of ``nasframe.ops.dropout``: its keep rate, scale, mask and replay."""
+"""The CPU dropout of ``nasframe.dsl.ops.dropout``: its keep rate, scale, mask and replay."""
 from __future__ import annotations
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from nasframe.memory import saved_bytes
-from nasframe.ops.dropout import Dropout, dropout, keep_mask, keep_scale, masked_scale
+from nasframe.dsl.ops.dropout import Dropout, dropout, keep_mask, keep_scale, masked_scale
+from nasframe.engine.memory import saved_bytes
 
 
 @pytest.mark.parametrize("p", [0.1, 0.3, 0.5])

@@ -7,11 +7,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from nasframe.memory import allocated_peak_bytes, saved_bytes
-from nasframe.ops import Context, create_op, dynconv_fn
-from nasframe.ops.conv import DynamicConv
-from nasframe.ops.dropout import keep_scale
-from nasframe.ops.dynconv_fn import block_masks
+from nasframe.dsl.ops import Context, create_op, dynconv_fn
+from nasframe.dsl.ops.conv import DynamicConv
+from nasframe.dsl.ops.dropout import keep_scale
+from nasframe.dsl.ops.dynconv_fn import block_masks
+from nasframe.engine.memory import allocated_peak_bytes, saved_bytes
 
 
 def unfold_reference(block: DynamicConv, x: Tensor, pad: Tensor | None) -> Tensor:
@@ -199,7 +199,7 @@ def test_the_residual_hands_its_dropout_to_the_block(style: str) -> None:
 @pytest.mark.parametrize("t0,t1", [(0, 9), (4, 13), (0, 1)])
 def test_the_band_equals_the_taps_float64(kernel: int, offset: int, src_extra: int,
                                           t0: int, t1: int) -> None:
-    from nasframe.ops.dynconv_band import band_backward, band_forward
+    from nasframe.dsl.ops.dynconv_band import band_backward, band_forward
 
     torch.manual_seed(kernel + t0)
     rows, time, heads, r = 2, 13, 3, 4

@@ -8,9 +8,9 @@ import torch
 from test_reversible import split_stack, spy_reconstruction
 
 import nasframe as nf
-from nasframe.errors import ConfigError
-from nasframe.reversible import ReversibleStack
-from nasframe.updates import frozen
+from nasframe.base.errors import ConfigError
+from nasframe.engine.reversible import ReversibleStack
+from nasframe.searching.updates import frozen
 
 
 def float32_stack(stream: torch.dtype | None, depth: int = 8, seed: int = 0) -> ReversibleStack:

@@ -9,12 +9,12 @@ import pytest
 import torch
 
 import nasframe as nf
-from nasframe.config import SearchConfig, apply_overrides, load_config, parse_assignment
-from nasframe.errors import CheckpointError, ConfigError
-from nasframe.executor import alpha_entropy
-from nasframe.rundir import RunDir, RunKind, load_checkpoint
-from nasframe.search import search
-from nasframe.strategy import get_strategy
+from nasframe.base.errors import CheckpointError, ConfigError
+from nasframe.run.config import SearchConfig, apply_overrides, load_config, parse_assignment
+from nasframe.run.rundir import RunDir, RunKind, load_checkpoint
+from nasframe.searching.api import search
+from nasframe.searching.executor import alpha_entropy
+from nasframe.searching.strategy import get_strategy
 
 
 def small_config(**extra: Any) -> SearchConfig:

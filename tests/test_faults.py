@@ -18,15 +18,15 @@ import pytest
 import torch
 
 import nasframe as nf
+from nasframe.base.errors import NonFiniteError, RunDirError
 from nasframe.cli import main
-from nasframe.config import SearchConfig, TrainConfig, apply_overrides
-from nasframe.data import DataSpec
-from nasframe.errors import NonFiniteError, RunDirError
-from nasframe.executor import Executor
-from nasframe.rundir import RunDir, RunKind, load_checkpoint, read_metrics
-from nasframe.search import search
-from nasframe.strategy import SearchContext
-from nasframe.training import train
+from nasframe.run.config import SearchConfig, TrainConfig, apply_overrides
+from nasframe.run.rundir import RunDir, RunKind, load_checkpoint, read_metrics
+from nasframe.searching.api import search
+from nasframe.searching.executor import Executor
+from nasframe.searching.strategy import SearchContext
+from nasframe.text.data import DataSpec
+from nasframe.text.training import train
 
 SEARCH = {
     "device": "cpu", "seed": 5, "steps": 8, "checkpoint_every": 2, "log_every": 1,
@@ -200,7 +200,7 @@ def test_a_nan_stops_the_search_and_leaves_finite_checkpoints(tmp_path, monkeypa
 
 
 def test_a_nan_stops_training_and_keeps_the_best_finite(tmp_path, monkeypatch, small_tsv):
-    import nasframe.training as training
+    import nasframe.text.training as training
 
     real = training.seq2seq_loss_terms
     calls = {"n": 0}
@@ -264,9 +264,9 @@ def test_a_kill_between_the_checkpoint_and_the_architecture_is_repaired(tmp_path
 
 _SEARCH_CHILD = """
 import sys, torch; torch.set_num_threads(1)
-from nasframe.config import SearchConfig, apply_overrides
-from nasframe.rundir import RunDir, RunKind
-from nasframe.search import search
+from nasframe.run.config import SearchConfig, apply_overrides
+from nasframe.run.rundir import RunDir, RunKind
+from nasframe.searching.api import search
 out = sys.argv[1]
 cfg = apply_overrides(SearchConfig.preset_config("tiny"), {settings})
 try:
@@ -279,10 +279,10 @@ search("tiny", "darts-reversible", config=cfg, out=out, resume=resume)
 _TRAIN_CHILD = """
 import sys, torch; torch.set_num_threads(1)
 import nasframe as nf
-from nasframe.config import TrainConfig
-from nasframe.data import DataSpec
-from nasframe.rundir import RunDir, RunKind
-from nasframe.training import train
+from nasframe.run.config import TrainConfig
+from nasframe.text.data import DataSpec
+from nasframe.run.rundir import RunDir, RunKind
+from nasframe.text.training import train
 out, data = sys.argv[1], sys.argv[2]
 config = TrainConfig(model=nf.ModelConfig(d_model=48, embed_dim=32), vocab_size=200,
                      max_tokens=400, steps=40, lr=1e-3, warmup=4, checkpoint_every=3,

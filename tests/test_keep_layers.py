@@ -7,14 +7,14 @@ import torch
 from torch import nn
 
 import nasframe as nf
-from nasframe.memory import choose_keep_layers, layer_saved_bytes, saved_bytes
-from nasframe.reversible import ReversibleStack, SplitLayer
+from nasframe.engine.memory import choose_keep_layers, layer_saved_bytes, saved_bytes
+from nasframe.engine.reversible import ReversibleStack, SplitLayer
 
 
 def random_stack(seed: int, depth: int, n: int, d: int, dropout: float) -> ReversibleStack:
     """F_i drawn at random from ffn / attention / cross-attention / dynamic conv, max or avg
     pooling, a random invertible topology."""
-    from nasframe.backbones import SplitFunction
+    from nasframe.engine.backbones import SplitFunction
 
     g = torch.Generator().manual_seed(seed)
 
@@ -118,7 +118,7 @@ def test_model_config_keep_layers_reaches_every_stack() -> None:
     model = nf.Supernet(space, cfg, vocab_size=20)
     stacks = [m for m in model.modules() if isinstance(m, ReversibleStack)]
     assert stacks and all(s.keep_last == 2 for s in stacks)
-    with pytest.raises(nf.errors.ConfigError, match="keep_layers"):
+    with pytest.raises(nf.ConfigError, match="keep_layers"):
         nf.ModelConfig(keep_layers=-1)
     with pytest.raises(ValueError, match="keep_last"):
         ReversibleStack([SplitLayer([nn.Identity(), nn.Identity()])], keep_last=-1)

@@ -1,6 +1,6 @@
 """Issue 21, bounded inputs: corpora are read only from regular files with lines of bounded
 length, the vocabulary cache checks what an entry was built from, and a model's size is
-checked before anything is allocated (``nasframe.limits``, ``--max-params``)."""
+checked before anything is allocated (``nasframe.base.limits``, ``--max-params``)."""
 from __future__ import annotations
 
 import gzip
@@ -20,24 +20,19 @@ import pytest
 import torch
 
 import nasframe as nf
-import nasframe.data.corpus as corpus_module
-import nasframe.supernet as supernet_module
-from nasframe import limits
+import nasframe.engine.supernet as supernet_module
+import nasframe.text.data.corpus as corpus_module
+from nasframe.base import limits
+from nasframe.base.errors import ConfigError, DataError
+from nasframe.base.files import MAX_LINE_BYTES
 from nasframe.cli import main
-from nasframe.config import TrainConfig
-from nasframe.data import DataSpec, ParallelCorpus, Vocab, get_or_train_vocab, load_split
-from nasframe.data.corpus import read_pair, read_tsv
-from nasframe.data.vocab import MAX_MODEL_BYTES
-from nasframe.errors import ConfigError, DataError
-from nasframe.files import MAX_LINE_BYTES
-from nasframe.supernet import (
-    ModelConfig,
-    Supernet,
-    build_model,
-    count_parameters,
-    model_parameters,
-)
-from nasframe.training import train
+from nasframe.engine.model_size import model_parameters
+from nasframe.engine.supernet import ModelConfig, Supernet, build_model, count_parameters
+from nasframe.run.config import TrainConfig
+from nasframe.text.data import DataSpec, ParallelCorpus, Vocab, get_or_train_vocab, load_split
+from nasframe.text.data.corpus import read_pair, read_tsv
+from nasframe.text.data.vocab import MAX_MODEL_BYTES
+from nasframe.text.training import train
 
 
 @pytest.fixture(autouse=True)
@@ -385,7 +380,7 @@ def test_the_check_changes_no_weight(monkeypatch) -> None:
     torch.manual_seed(7)
     checked = build_model(arch, config, 300).state_dict()
     after = torch.rand(3)
-    monkeypatch.setattr(supernet_module, "_check_size", lambda space, cfg, vocab, a: vocab)
+    monkeypatch.setattr(supernet_module, "check_model_size", lambda space, cfg, vocab, a: vocab)
     torch.manual_seed(7)
     unchecked = build_model(arch, config, 300).state_dict()
     assert torch.equal(after, torch.rand(3))

@@ -6,7 +6,7 @@ import torch
 from torch.distributed._tools.mem_tracker import MemTracker
 
 import nasframe as nf
-from nasframe.memory import allocated_peak_bytes, saved_bytes
+from nasframe.engine.memory import allocated_peak_bytes, saved_bytes
 
 
 def encoder_case(blocks: int) -> tuple[nf.Supernet, torch.Tensor, torch.Tensor]:
@@ -126,7 +126,7 @@ def test_counting_saved_bytes_frees_the_graph() -> None:
     import gc
     import weakref
 
-    from nasframe.memory import saved_bytes
+    from nasframe.engine.memory import saved_bytes
 
     def graph_outlives_the_count(saving: bool) -> bool:
         model, x, mask = encoder_case(2)
@@ -149,8 +149,8 @@ def test_counting_saved_bytes_frees_the_graph() -> None:
 def test_step_peak_with_mem_tracker_on_a_bilevel_update() -> None:
     """The alpha update freezes the weights while it builds its graph; MemTracker, which hooks
     each parameter's gradient at its module's first forward, failed on the frozen ones."""
-    from nasframe.memory import step_peak
-    from nasframe.updates import assign_grads, frozen, gradients
+    from nasframe.engine.memory import step_peak
+    from nasframe.searching.updates import assign_grads, frozen, gradients
 
     torch.manual_seed(0)
     cfg = nf.ModelConfig(d_model=48, blocks=1, dropout=0.1)

@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from nasframe.errors import NasframeError, SpaceError
-from nasframe.ops import (
+from nasframe.base.errors import NasframeError, SpaceError
+from nasframe.dsl.ops import (
     Context,
     IncrementalState,
     available_ops,
@@ -18,10 +18,10 @@ from nasframe.ops import (
     create_op,
     op_factory,
 )
-from nasframe.ops.attention import MultiHeadAttention, weigh_values
-from nasframe.ops.conv import DynamicConv, StandardConv
-from nasframe.ops.dropout import Dropout, dropout, keep_mask, keep_scale
-from nasframe.ops.ffn import _ActivateDropProject, activate_drop_project
+from nasframe.dsl.ops.attention import MultiHeadAttention, weigh_values
+from nasframe.dsl.ops.conv import DynamicConv, StandardConv
+from nasframe.dsl.ops.dropout import Dropout, dropout, keep_mask, keep_scale
+from nasframe.dsl.ops.ffn import _ActivateDropProject, activate_drop_project
 
 DIM = 8
 MEMORY_DIM = 6
@@ -88,7 +88,7 @@ def inputs(dtype: torch.dtype = torch.float64, seed: int = 1) -> tuple[Tensor, T
 
 def test_every_builtin_op_is_covered() -> None:
     builtin = {name for name in available_ops()
-               if op_factory(name).__module__.startswith("nasframe.ops.")}
+               if op_factory(name).__module__.startswith("nasframe.dsl.ops.")}
     assert builtin == {name for name, _ in SPECS}
 
 

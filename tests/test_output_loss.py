@@ -8,11 +8,10 @@ import torch
 from torch import Tensor
 
 import nasframe as nf
-from nasframe.data.batching import Batch
-from nasframe.memory import allocated_peak_bytes
-from nasframe.output_loss import output_loss, output_loss_terms
-from nasframe.runtime import label_smoothed_loss
-from nasframe.strategy import seq2seq_loss
+from nasframe.base.runtime import label_smoothed_loss
+from nasframe.engine.memory import allocated_peak_bytes
+from nasframe.text.data.batching import Batch
+from nasframe.text.output_loss import output_loss, output_loss_terms, seq2seq_loss
 
 
 def _case(tokens: int = 29, vocab: int = 11, width: int = 6) -> tuple[Tensor, Tensor, Tensor]:
@@ -108,7 +107,7 @@ def test_the_search_loss_keeps_no_token_by_vocabulary_tensor(
         loss, _, n = label_smoothed_loss(net(src, tgt), tgt, 0.1, 0)
         return loss / n
 
-    monkeypatch.setattr("nasframe.output_loss.CHUNK_ELEMENTS", 16 * vocab)  # 8 chunks
+    monkeypatch.setattr("nasframe.text.output_loss.CHUNK_ELEMENTS", 16 * vocab)  # 8 chunks
     torch.testing.assert_close(seq2seq_loss(net, batch), through_logits())
     peaks = {name: allocated_peak_bytes(lambda f=f: torch.autograd.grad(f(), params))
              for name, f in (("logits", through_logits),

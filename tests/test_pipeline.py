@@ -9,7 +9,7 @@ import pytest
 
 import nasframe as nf
 from nasframe.cli import main
-from nasframe.pipeline import (
+from nasframe.compare.pipeline import (
     QuickstartOptions,
     describe_architecture,
     fresh_directory,

@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 
 from nasframe.cli import main
-from nasframe.config import SearchConfig, apply_overrides
-from nasframe.search import search
+from nasframe.run.config import SearchConfig, apply_overrides
+from nasframe.searching.api import search
 
 pytest.importorskip("matplotlib")
 

@@ -5,9 +5,9 @@ import pytest
 import torch
 
 import nasframe as nf
-from nasframe.config import SearchConfig, TrainConfig, apply_overrides
-from nasframe.data import DataSpec
-from nasframe.rundir import RunDir, RunKind
+from nasframe.run.config import SearchConfig, TrainConfig, apply_overrides
+from nasframe.run.rundir import RunDir, RunKind
+from nasframe.text.data import DataSpec
 
 
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])

@@ -9,12 +9,12 @@ from test_reversible import spy_reconstruction
 from torch import nn
 
 import nasframe as nf
-from nasframe.reversible import ReversibleStack, SplitLayer
+from nasframe.engine.reversible import ReversibleStack, SplitLayer
 
 
 def stack(depth: int, d: int = 24, n: int = 2, dropout: float = 0.1,
           seed: int = 0) -> ReversibleStack:
-    from nasframe.backbones import SplitFunction
+    from nasframe.engine.backbones import SplitFunction
 
     def f(i: int) -> nn.Module:
         name = ["ffn", "self_attention", "dynamic_conv", "cross_attention"][i % 4]

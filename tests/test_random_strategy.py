@@ -6,10 +6,10 @@ from typing import Any
 import torch
 
 import nasframe as nf
-from nasframe.config import SearchConfig, apply_overrides
-from nasframe.search import search
+from nasframe.run.config import SearchConfig, apply_overrides
+from nasframe.searching.api import search
+from nasframe.searching.strategy import available_strategies, get_strategy
 from nasframe.strategies.random import RandomArchitecture, sample_architecture
-from nasframe.strategy import available_strategies, get_strategy
 
 
 def tiny_config(seed: int, **extra: Any) -> SearchConfig:

@@ -10,9 +10,9 @@ from hypothesis import strategies as st
 from torch import nn
 
 import nasframe as nf
-from nasframe.errors import SpaceError
-from nasframe.memory import saved_bytes
-from nasframe.reversible import ReversibleStack, SplitLayer
+from nasframe.base.errors import SpaceError
+from nasframe.engine.memory import saved_bytes
+from nasframe.engine.reversible import ReversibleStack, SplitLayer
 
 CROSS = nf.op("cross_attention", heads=2)
 CHEAP_OPS = ["zero", "identity", "ffn", "glu", nf.op("self_attention", heads=2),
@@ -102,7 +102,7 @@ def test_reconstruction_gradients_equal_plain_autograd_float64(space, blocks, dr
 def split_stack(n: int, depth: int, d: int, dropout: float, causal: bool,
                 inputs=None) -> ReversibleStack:
     """A bare engine stack: F_i = ops on pooled inputs, one of them reading the context."""
-    from nasframe.backbones import SplitFunction
+    from nasframe.engine.backbones import SplitFunction
 
     def f(i: int) -> nn.Module:
         name = ["ffn", "self_attention", "cross_attention", "dynamic_conv"][i % 4]
@@ -252,7 +252,7 @@ def test_a_graph_built_with_frozen_weights_computes_no_weight_gradient(saving):
     """The bilevel alpha step freezes the weights while it builds the graph and asks for the
     alpha gradients after they are trainable again: reconstruction must recompute the graph
     forward built, with the weights as constants, as plain autograd does."""
-    from nasframe.updates import frozen
+    from nasframe.searching.updates import frozen
 
     space = nf.SearchSpace(name="s", encoder=nf.Stack(splits=2, layers=2, choices=["ffn", "glu"]),
                            decoder=nf.Stack(splits=2, layers=1, choices=["ffn", CROSS]))

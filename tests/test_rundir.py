@@ -13,12 +13,12 @@ import pytest
 import torch
 
 import nasframe as nf
-from nasframe.config import SearchConfig, TrainConfig
-from nasframe.data import ParallelCorpus, Vocab, get_or_train_vocab, load_split
-from nasframe.errors import DiskFullError, NonFiniteError, RunDirError
-from nasframe.resume import TRAIN_RESUMABLE, record_session, resume_config
-from nasframe.rundir import RunDir, RunKind, load_checkpoint, read_metrics
-from nasframe.runtime import atomic_save, atomic_write_text, clean_temporaries
+from nasframe.base.errors import DiskFullError, NonFiniteError, RunDirError
+from nasframe.base.runtime import atomic_save, atomic_write_text, clean_temporaries
+from nasframe.run.config import SearchConfig, TrainConfig
+from nasframe.run.resume import TRAIN_RESUMABLE, record_session, resume_config
+from nasframe.run.rundir import RunDir, RunKind, load_checkpoint, read_metrics
+from nasframe.text.data import ParallelCorpus, Vocab, get_or_train_vocab, load_split
 
 
 def tree_digest(folder: Path) -> dict[str, str]:

@@ -7,10 +7,11 @@ from pathlib import Path
 import pytest
 
 import nasframe as nf
+from nasframe.base.errors import CheckpointError, ConfigError
 from nasframe.cli import main
 from nasframe.compare import select
-from nasframe.data import ParallelCorpus, load_split, write_tsv
-from nasframe.errors import CheckpointError, ConfigError
+from nasframe.run.config import apply_overrides
+from nasframe.text.data import ParallelCorpus, load_split, write_tsv
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +23,7 @@ def search_run(tmp_path_factory) -> tuple[Path, Path]:
     run = tmp_path_factory.mktemp("search") / "run"
     config = {"preset": "tiny", "steps": 4, "checkpoint_every": 2, "data.vocab_size": 200,
               "data.max_tokens": 256, "device": "cpu"}
-    cfg = nf.config.apply_overrides(nf.SearchConfig.preset_config("tiny"), config)
+    cfg = apply_overrides(nf.SearchConfig.preset_config("tiny"), config)
     nf.search("tiny", "darts-reversible", str(corpus), cfg, out=run)
     return run, corpus
 
@@ -57,7 +58,7 @@ def test_select_cli_resume_and_errors(search_run, tmp_path, capfd):
 
 def test_select_needs_text_for_a_synthetic_search(tmp_path):
     run = tmp_path / "syn"
-    cfg = nf.config.apply_overrides(nf.SearchConfig.preset_config("tiny"), {
+    cfg = apply_overrides(nf.SearchConfig.preset_config("tiny"), {
         "steps": 2, "checkpoint_every": 2, "data.vocab_size": 12, "data.max_tokens": 64,
         "device": "cpu"})
     nf.search("tiny", "darts-reversible", "synthetic:reverse", cfg, out=run)

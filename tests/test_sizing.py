@@ -4,11 +4,11 @@ from __future__ import annotations
 import pytest
 
 import nasframe as nf
-from nasframe.errors import ConfigError
-from nasframe.sizing import count_for, match_size, parameter_breakdown, parse_count
-from nasframe.space import Stack
+from nasframe.base.errors import ConfigError
+from nasframe.dsl.space import Stack
+from nasframe.engine.sizing import count_for, match_size, parameter_breakdown, parse_count
+from nasframe.engine.supernet import ModelConfig, build_model, count_parameters
 from nasframe.strategies.random import sample_architecture
-from nasframe.supernet import ModelConfig, build_model, count_parameters
 
 BASE = ModelConfig(d_model=144, embed_dim=128)
 VOCAB = 4000

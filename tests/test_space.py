@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import nasframe as nf
-from nasframe.space import check_invertible, split_graph
+from nasframe.dsl.space import check_invertible, split_graph
 
 
 def small_space(fixed: dict | None = None) -> nf.SearchSpace:

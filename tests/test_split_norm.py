@@ -6,8 +6,8 @@ import torch
 from torch import nn
 
 import nasframe as nf
-from nasframe.errors import SpaceError
-from nasframe.ops import Context, Residual, create_op
+from nasframe.base.errors import SpaceError
+from nasframe.dsl.ops import Context, Residual, create_op
 
 
 class Double(nn.Module):

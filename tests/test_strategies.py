@@ -10,17 +10,17 @@ import pytest
 import torch
 
 import nasframe as nf
-from nasframe.architecture import Architecture
-from nasframe.config import EvolutionConfig, SearchConfig, apply_overrides
-from nasframe.errors import ConfigError
-from nasframe.search import search
-from nasframe.strategies.evolution import ChoiceSpace, Objective, evolve
-from nasframe.strategy import (
+from nasframe.base.errors import ConfigError
+from nasframe.dsl.architecture import Architecture
+from nasframe.run.config import EvolutionConfig, SearchConfig, apply_overrides
+from nasframe.searching.api import search
+from nasframe.searching.strategy import (
     SearchContext,
     available_strategies,
     get_strategy,
     register_strategy,
 )
+from nasframe.strategies.evolution import ChoiceSpace, Objective, evolve
 
 ATTN = "self_attention:heads=4"
 SEED = int(os.environ.get("NASFRAME_TEST_SEED", "0"))
@@ -145,7 +145,7 @@ def _exact_unrolled_alpha_grad(ctx: SearchContext, train: Any, val: Any,
 
 def test_second_order_matches_double_backward() -> None:
     """The finite-difference Hessian-vector product of DARTS against exact second order."""
-    from nasframe.search import build_supernet, prepare_data
+    from nasframe.searching.api import build_supernet, prepare_data
 
     xi = 0.5
     cfg = exact_config(**{"model.dropout": 0.0, "optim.second_order": True,
@@ -242,7 +242,7 @@ class UniformMixture:
 
 @pytest.fixture
 def isolated_registry(monkeypatch: pytest.MonkeyPatch) -> None:
-    import nasframe.strategy as registry
+    import nasframe.searching.strategy as registry
 
     monkeypatch.setattr(registry, "_REGISTERED", dict(registry._REGISTERED))
 

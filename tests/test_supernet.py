@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import nasframe as nf
-from nasframe.choice import ChoiceNode
+from nasframe.engine.choice import ChoiceNode
 
 
 def tiny_batch():

@@ -9,18 +9,18 @@ import torch
 import torch.nn.functional as F
 
 import nasframe as nf
+from nasframe.base.runtime import inverse_sqrt, label_smoothed_loss
 from nasframe.cli import main
-from nasframe.config import TrainConfig
-from nasframe.data import (
+from nasframe.run.config import TrainConfig
+from nasframe.run.rundir import average_states, load_checkpoint
+from nasframe.text.data import (
     DataSpec,
     corpus_split,
     load_data,
     load_split,
 )
-from nasframe.loading import load_run
-from nasframe.rundir import average_states, load_checkpoint
-from nasframe.runtime import inverse_sqrt, label_smoothed_loss
-from nasframe.training import train
+from nasframe.text.loading import load_run
+from nasframe.text.training import train
 
 
 def tiny_config(**changes) -> TrainConfig:
@@ -220,12 +220,12 @@ def test_train_sizes_the_model_to_a_parameter_target(tmp_path, small_tsv, capsys
 
 
 def test_a_training_step_takes_the_loss_of_the_whole_logits(tmp_path):
-    """Re-training computes the output layer and its loss in chunks (``nasframe.output_loss``);
+    """Re-training computes the output layer and its loss in chunks (``nasframe.text.output_loss``);
     the loss, NLL and count it logs and backpropagates are ``label_smoothed_loss``'s on the
     model's logits, and so are the gradients."""
-    from nasframe.data import TokenBatcher, synthetic_pairs
-    from nasframe.rundir import RunDir, RunKind
-    from nasframe.training import Trainer
+    from nasframe.run.rundir import RunDir, RunKind
+    from nasframe.text.data import TokenBatcher, synthetic_pairs
+    from nasframe.text.training import Trainer
 
     pairs = synthetic_pairs("reverse", 40, 30, 3, 9, seed=0)
     config = tiny_config(model=nf.ModelConfig(d_model=48, embed_dim=32, dropout=0.0),

@@ -30,12 +30,12 @@ from typing import Any
 import pytest
 
 import nasframe as nf
+from nasframe.base.files import atomic_write_bytes, atomic_write_text
 from nasframe.cli import main
-from nasframe.config import TrainConfig
-from nasframe.data import DataSpec, ParallelCorpus, get_or_train_vocab, load_split
-from nasframe.files import atomic_write_bytes, atomic_write_text
-from nasframe.search import search
-from nasframe.training import train
+from nasframe.run.config import TrainConfig, apply_overrides
+from nasframe.searching.api import search
+from nasframe.text.data import DataSpec, ParallelCorpus, get_or_train_vocab, load_split
+from nasframe.text.training import train
 
 EVIL_MODULE = "nasframe_trust_evil"  # an "installed" module a record may name
 
@@ -153,7 +153,7 @@ def searched(tmp_path_factory, corpus_dir, module_cache) -> Path:
     out = tmp_path_factory.mktemp("honest") / "searched"
     settings = {"steps": 4, "checkpoint_every": 2, "data.vocab_size": 200,
                 "data.max_tokens": 256, "device": "cpu"}
-    config = nf.config.apply_overrides(nf.SearchConfig.preset_config("tiny"), settings)
+    config = apply_overrides(nf.SearchConfig.preset_config("tiny"), settings)
     search("tiny", "darts-reversible", str(corpus_dir), config, out=out)
     return out
 
@@ -761,7 +761,7 @@ def test_an_imported_file_is_read_once_and_those_bytes_run(tmp_path, monkeypatch
     the run records, is what was read and hashed, never the swapped content."""
     import hashlib
 
-    import nasframe.plugins as plugins
+    import nasframe.dsl.plugins as plugins
 
     honest = "VALUE = 'honest'\n"
     evil = f"open({str(tmp_path / 'PWNED')!r}, 'w').close()\nVALUE = 'evil'\n"

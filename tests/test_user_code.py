@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from nasframe.data import load_split
+from nasframe.text.data import load_split
 
 USER_OPS = '''
 import nasframe as nf

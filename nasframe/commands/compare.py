@@ -19,8 +19,8 @@ from pathlib import Path
 
 from rich.console import Console
 
-from nasframe.config import parse_assignment
-from nasframe.errors import ConfigError
+from nasframe.base.errors import ConfigError
+from nasframe.run.config import parse_assignment
 
 
 def _names(text: str) -> list[str]:
@@ -87,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         options = dict(parse_assignment(o) for o in args.space_option)
         from nasframe.compare.spec import spec_from_names
-        from nasframe.search import import_space_code
+        from nasframe.searching.api import import_space_code
 
         if args.space:
             import_space_code(args.space)  # typed on the command line

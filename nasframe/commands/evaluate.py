@@ -14,8 +14,8 @@ from rich.console import Console
 
 from nasframe.commands.train import add_data_arguments
 from nasframe.commands.translate import add_decode_arguments, decode_options
-from nasframe.data import DataSpec
-from nasframe.evaluation import evaluate_run
+from nasframe.text.data import DataSpec
+from nasframe.text.evaluation import evaluate_run
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from nasframe.plots import plot_curves
+from nasframe.compare.plots import plot_curves
 
 
 def register(sub: argparse._SubParsersAction) -> None:

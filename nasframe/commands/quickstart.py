@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from nasframe.pipeline import QuickstartOptions, run_quickstart
+from nasframe.compare.pipeline import QuickstartOptions, run_quickstart
 
 
 def register(sub: argparse._SubParsersAction) -> None:

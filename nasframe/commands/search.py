@@ -10,8 +10,9 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from nasframe.architecture import Architecture
-from nasframe.config import (
+from nasframe.base.errors import CheckpointError, ConfigError
+from nasframe.dsl.architecture import Architecture
+from nasframe.run.config import (
     PRESET_HELP,
     SearchConfig,
     apply_overrides,
@@ -20,8 +21,7 @@ from nasframe.config import (
     parse_assignment,
     preset_names,
 )
-from nasframe.errors import CheckpointError, ConfigError
-from nasframe.rundir import check_recorded_code
+from nasframe.run.rundir import check_recorded_code
 
 __all__ = ["register"]
 
@@ -225,8 +225,8 @@ def search_config(args: argparse.Namespace) -> SearchConfig:
 
 
 def _space(args: argparse.Namespace, cfg: SearchConfig) -> Any:
-    from nasframe.search import import_space_code, resolve_space
-    from nasframe.strategy import get_strategy
+    from nasframe.searching.api import import_space_code, resolve_space
+    from nasframe.searching.strategy import get_strategy
 
     options = dict(parse_assignment(o) for o in args.space_option)
     name = args.space or cfg.space or get_strategy(cfg.strategy).default_space
@@ -238,7 +238,7 @@ def _space(args: argparse.Namespace, cfg: SearchConfig) -> Any:
 
 
 def _search(args: argparse.Namespace) -> int:
-    from nasframe.search import search
+    from nasframe.searching.api import search
 
     if args.resume:  # the run's recorded config, space and strategy; flags may change a few
         requested = search_config(args) if (args.preset or args.config) else None
@@ -267,7 +267,7 @@ def _search(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------- the others
 
 def _strategies(args: argparse.Namespace) -> int:
-    from nasframe.strategy import available_strategies, get_strategy
+    from nasframe.searching.strategy import available_strategies, get_strategy
 
     table = Table(title="installed search strategies")
     for col in ("name", "backbone", "default space", "description"):
@@ -284,7 +284,7 @@ def _strategies(args: argparse.Namespace) -> int:
 
 
 def _derive(args: argparse.Namespace) -> int:
-    from nasframe.search import derive_checkpoint
+    from nasframe.searching.api import derive_checkpoint
 
     arch = derive_checkpoint(args.checkpoint)
     source = args.checkpoint
@@ -315,7 +315,7 @@ def _show(args: argparse.Namespace) -> int:
     if arch.note:
         print(arch.note)
     if args.plot is not None:
-        from nasframe.plots import plot_alphas
+        from nasframe.compare.plots import plot_alphas
 
         print(f"wrote {plot_alphas(run_dir, args.plot)}")
     return 0

@@ -10,8 +10,8 @@ from rich.console import Console
 from rich.table import Table
 
 import nasframe as nf
-from nasframe.memory import measure_step
-from nasframe.search import import_space_code, resolve_space
+from nasframe.engine.memory import measure_step
+from nasframe.searching.api import import_space_code, resolve_space
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -11,8 +11,9 @@ from pathlib import Path
 from rich.console import Console
 
 import nasframe as nf
+from nasframe.base.errors import ConfigError, SpaceError
 from nasframe.commands.search import parse_fractions
-from nasframe.config import (
+from nasframe.run.config import (
     PRESET_HELP,
     TRAIN_PRESETS,
     TrainConfig,
@@ -21,10 +22,9 @@ from nasframe.config import (
     load_config,
     parse_assignment,
 )
-from nasframe.data import DataSpec
-from nasframe.errors import ConfigError, SpaceError
-from nasframe.rundir import check_recorded_code
-from nasframe.training import train
+from nasframe.run.rundir import check_recorded_code
+from nasframe.text.data import DataSpec
+from nasframe.text.training import train
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -145,7 +145,7 @@ def train_config(args: argparse.Namespace, console: Console) -> TrainConfig:
 def sized(arch: nf.Architecture | None, config: TrainConfig, args: argparse.Namespace,
           console: Console) -> dict[str, object]:
     """The overrides with ``model`` sized to ``--params`` or ``--match-params``."""
-    from nasframe.sizing import count_for, format_count, match_size, parameter_breakdown
+    from nasframe.engine.sizing import count_for, format_count, match_size, parameter_breakdown
 
     if arch is None:
         raise ConfigError("--params/--match-params: give the architecture to size (--arch)")

@@ -12,11 +12,11 @@ from pathlib import Path
 
 from rich.console import Console
 
-from nasframe.decode import DecodeOptions
-from nasframe.errors import DataError
-from nasframe.evaluation import translate_with_progress
-from nasframe.loading import load_run
-from nasframe.runtime import atomic_write_text
+from nasframe.base.errors import DataError
+from nasframe.base.runtime import atomic_write_text
+from nasframe.text.decode import DecodeOptions
+from nasframe.text.evaluation import translate_with_progress
+from nasframe.text.loading import load_run
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -7,8 +7,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from nasframe.config import SearchConfig, TrainConfig, apply_overrides
-from nasframe.data import (
+from nasframe.engine.sizing import match_size, parameter_breakdown
+from nasframe.engine.sizing import parse_count as parse_params
+from nasframe.run.config import SearchConfig, TrainConfig, apply_overrides
+from nasframe.run.rundir import RunDir, RunKind
+from nasframe.searching.api import SearchData, prepare_data, resolve_space, search
+from nasframe.text.data import (
     DataSpec,
     ParallelCorpus,
     Vocab,
@@ -17,13 +21,9 @@ from nasframe.data import (
     load_data,
     load_split,
 )
-from nasframe.decode import DecodeOptions
-from nasframe.evaluation import evaluate_run
-from nasframe.rundir import RunDir, RunKind
-from nasframe.search import SearchData, prepare_data, resolve_space, search
-from nasframe.sizing import match_size, parameter_breakdown
-from nasframe.sizing import parse_count as parse_params
-from nasframe.training import train
+from nasframe.text.decode import DecodeOptions
+from nasframe.text.evaluation import evaluate_run
+from nasframe.text.training import train
 
 __all__ = [
     "DataSpec", "DecodeOptions", "ParallelCorpus", "RunDir", "RunKind", "SearchConfig",

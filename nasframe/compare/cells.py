@@ -23,7 +23,9 @@ from typing import Any
 import torch
 from rich.console import Console
 
-from nasframe.architecture import Architecture
+from nasframe.base.errors import ConfigError, NasframeError, RunDirError
+from nasframe.base.files import atomic_write_text, read_json
+from nasframe.base.runtime import resolve_device
 from nasframe.compare._deps import (
     DataSpec,
     DecodeOptions,
@@ -46,10 +48,8 @@ from nasframe.compare._deps import (
 )
 from nasframe.compare.report import describe_architecture
 from nasframe.compare.spec import CompareSettings, Row, row_space, slug
-from nasframe.errors import ConfigError, NasframeError, RunDirError
-from nasframe.files import atomic_write_text, read_json
-from nasframe.runtime import resolve_device
-from nasframe.supernet import ModelConfig, build_model
+from nasframe.dsl.architecture import Architecture
+from nasframe.engine.supernet import ModelConfig, build_model
 
 __all__ = ["Shared", "PeakMemory", "run_cell", "cell_dir", "alpha_entropy_of", "load_inputs"]
 
@@ -76,7 +76,7 @@ class Shared:
 
     def search_data(self, cfg: SearchConfig) -> SearchData:
         """Search-train / search-valid batches of the training split, with the shared
-        vocabulary: the one data path of every search (``nasframe.search.prepare_data``)."""
+        vocabulary: the one data path of every search (``nasframe.searching.api.prepare_data``)."""
         return prepare_data(cfg, vocab=self.vocab, corpus=self.corpora[0])
 
 

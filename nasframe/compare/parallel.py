@@ -25,10 +25,10 @@ from typing import Any
 import torch
 from rich.console import Console
 
+from nasframe.base.errors import ConfigError
 from nasframe.compare.cells import Shared, cell_dir, load_inputs, run_cell
 from nasframe.compare.spec import CompareSpec, Row
-from nasframe.errors import ConfigError
-from nasframe.supernet import ModelConfig
+from nasframe.run.model_config import ModelConfig
 
 __all__ = ["run_parallel", "worker_threads"]
 
@@ -48,7 +48,7 @@ def run_parallel(shared: Shared, spec: CompareSpec, cells: list[tuple[Row, int]]
                  threads: int, on_start: Callable[[int, str], None],
                  on_done: Callable[[int, dict[str, Any]], None]) -> Iterator[dict[str, Any]]:
     """Run ``cells`` ``jobs`` at a time; yield each record as its cell finishes."""
-    from nasframe.plugins import imported
+    from nasframe.dsl.plugins import imported
 
     job = {"spec_json": spec.model_dump_json(), "out": str(shared.out),
            "base": shared.base_model.model_dump(), "target": shared.target,
@@ -82,7 +82,7 @@ def run_parallel(shared: Shared, spec: CompareSpec, cells: list[tuple[Row, int]]
 
 def _cell(job: dict[str, Any], row_index: int, seed: int) -> dict[str, Any]:
     """One cell in a fresh process (the worker's entry point)."""
-    from nasframe.plugins import import_user_code
+    from nasframe.dsl.plugins import import_user_code
 
     torch.set_num_threads(job["threads"])
     for record in job["imports"]:  # the parent's --import, read again: the same bytes only

@@ -7,8 +7,8 @@ import statistics
 from collections.abc import Sequence
 from typing import Any
 
-from nasframe.architecture import Architecture
-from nasframe.space import Stack
+from nasframe.dsl.architecture import Architecture
+from nasframe.dsl.space import Stack
 
 __all__ = ["contrasts", "contrasts_markdown", "describe_architecture", "summarise", "markdown",
            "mean_std"]

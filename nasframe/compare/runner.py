@@ -32,7 +32,8 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
-from nasframe.architecture import Architecture
+from nasframe.base.errors import CheckpointError, ConfigError, RunDirError
+from nasframe.base.files import atomic_write_text, find_links, read_json
 from nasframe.compare._deps import (
     TrainConfig,
 )
@@ -47,9 +48,8 @@ from nasframe.compare.spec import (
     row_space,
     spec_from_names,
 )
-from nasframe.errors import CheckpointError, ConfigError, RunDirError
-from nasframe.files import atomic_write_text, find_links, read_json
-from nasframe.supernet import ModelConfig, build_model, count_parameters
+from nasframe.dsl.architecture import Architecture
+from nasframe.engine.supernet import ModelConfig, build_model, count_parameters
 
 __all__ = ["CompareResult", "compare", "target_parameters"]
 
@@ -157,8 +157,9 @@ def target_parameters(spec: CompareSpec, base: ModelConfig, vocab_size: int
             Architecture(space=space, choices={})
         name: str | None = row.name
     else:
-        from nasframe import spaces
-        arch, name = Architecture(space=spaces.get("transformer"), choices={}), None
+        from nasframe.spaces import get as builtin_space
+
+        arch, name = Architecture(space=builtin_space("transformer"), choices={}), None
     return count_parameters(build_model(arch, base, vocab_size)), name
 
 
@@ -245,7 +246,7 @@ def _device_name(device: str) -> str:
 
 
 def _try_png(result: CompareResult) -> str | None:
-    from nasframe.plots import plot_compare
+    from nasframe.compare.plots import plot_compare
 
     try:
         result.files["png"] = plot_compare(result.summary, result.out / PNG)

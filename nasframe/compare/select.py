@@ -18,7 +18,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from nasframe.architecture import Architecture
+from nasframe.base.errors import CheckpointError, ConfigError
+from nasframe.base.files import atomic_write_text, read_json
 from nasframe.compare._deps import (
     DataSpec,
     RunDir,
@@ -33,9 +34,8 @@ from nasframe.compare._deps import (
     train,
 )
 from nasframe.compare.report import describe_architecture
-from nasframe.errors import CheckpointError, ConfigError
-from nasframe.files import atomic_write_text, read_json
-from nasframe.supernet import build_model
+from nasframe.dsl.architecture import Architecture
+from nasframe.engine.supernet import build_model
 
 __all__ = ["select", "checkpoint_architectures"]
 

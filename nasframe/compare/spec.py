@@ -32,10 +32,10 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from nasframe.base.errors import ConfigError, NasframeError
+from nasframe.base.files import MAX_TOML_BYTES, read_text
 from nasframe.compare._deps import parse_params, resolve_space
-from nasframe.errors import ConfigError, NasframeError
-from nasframe.files import MAX_TOML_BYTES, read_text
-from nasframe.strategy import get_strategy
+from nasframe.searching.strategy import get_strategy
 
 __all__ = ["CompareSettings", "Row", "CompareSpec", "load_spec", "miniature", "row_space",
            "spec_from_names", "slug"]
