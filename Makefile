@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 # The local CPU build; the project itself only needs torch>=2.4 (pyproject.toml).
 TORCH  ?= torch==2.13.0
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test contracts lint bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,8 +21,12 @@ demo: $(VENV)/.installed
 test: $(VENV)/.installed
 	$(PY) -m pytest
 
+# The import rules between nasframe's parts (pyproject.toml [tool.importlinter]).
+contracts: $(VENV)/.installed
+	$(VENV)/bin/lint-imports
+
 lint: $(VENV)/.installed
-	$(PY) -m pip install -q ruff && $(VENV)/bin/ruff check nasframe strategies spaces backbones benchmarks tests
+	$(PY) -m pip install -q ruff && $(VENV)/bin/ruff check nasframe benchmarks tests
 
 bench: $(VENV)/.installed
 	$(PY) -m benchmarks.memory_vs_hidden
