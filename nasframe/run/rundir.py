@@ -29,7 +29,7 @@ import stat
 import time
 import zipfile
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -50,16 +50,19 @@ from nasframe.base.files import (
 )
 from nasframe.base.runtime import atomic_save
 from nasframe.dsl.plugins import check_recorded, save_imports
+from nasframe.run.lock import LOCK_FILE, RunLock
 
 __all__ = ["CHECKPOINT_FORMAT", "RunDir", "RunKind", "average_states", "check_finite",
            "check_recorded_code", "divergence", "load_checkpoint", "read_metrics"]
 
 CHECKPOINT_FORMAT = 2
+"""Version of the checkpoint layout this code writes and reads."""
 RUN_FILE, CONFIG_FILE, METRICS_FILE, CHECKPOINTS = ("run.json", "config.json", "metrics.jsonl",
                                                     "checkpoints")
 _NUMBERED = re.compile(r"^checkpoint_(\d+)\.pt$")
 #: What a run killed before its first checkpoint may hold; anything else is someone else's.
-_EARLY_FILES = {RUN_FILE, CONFIG_FILE, METRICS_FILE, "space.json", "vocab.model", "arch.json"}
+_EARLY_FILES = {RUN_FILE, CONFIG_FILE, METRICS_FILE, "space.json", "vocab.model", "arch.json",
+                LOCK_FILE}
 _EARLY_FOLDERS = {CHECKPOINTS, "imports"}
 #: A metrics.jsonl of ours stays far below this (a line per logged update).
 MAX_METRICS_BYTES = 1 * GiB
@@ -69,6 +72,8 @@ _INFLATE_RATIO, _INFLATE_SLACK = 1.5, 1 << 20
 
 
 class RunKind(StrEnum):
+    """What a run directory holds: a search (``search``) or a re-training (``train``)."""
+
     SEARCH = "search"
     TRAIN = "train"
 
@@ -216,10 +221,14 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
 
 @dataclass
 class RunDir:
-    """A run directory of one kind; ``create`` a new one or ``open`` an existing one."""
+    """A run directory of one kind; ``create`` a new one or ``open`` an existing one.
+
+    ``create`` and ``resume`` take the run's lock (one writer at a time, ``run.lock``), which
+    ``close`` frees; ``open`` (readers) takes none."""
 
     path: Path
     kind: RunKind
+    lock: RunLock | None = field(default=None, repr=False, compare=False)
 
     # -- opening ----------------------------------------------------------------------------
     @classmethod
@@ -229,7 +238,7 @@ class RunDir:
         path = Path(path)
         if path.exists() and not path.is_dir():
             raise RunDirError(f"{path}: exists and is not a folder; choose a new --out")
-        if path.is_dir() and any(path.iterdir()):
+        if path.is_dir() and any(p.name != LOCK_FILE for p in path.iterdir()):
             recorded = _recorded_kind(path)
             if recorded is None:
                 raise RunDirError(f"{path}: not empty and not a nasframe run; choose a new or "
@@ -243,13 +252,21 @@ class RunDir:
             _check_early_run(path, kind)  # a run of ours killed early: start it over
 
     @classmethod
-    def create(cls, path: str | Path, kind: RunKind, info: Mapping[str, Any] | None = None
-               ) -> RunDir:
-        """A new run in ``path``, which must be new or an empty folder."""
+    def create(cls, path: str | Path, kind: RunKind, info: Mapping[str, Any] | None = None,
+               lock: bool = True) -> RunDir:
+        """A new run in ``path``, which must be new or an empty folder; ``lock``: take the
+        run's lock first (every writer but the other ranks of a distributed run)."""
         path = Path(path)
         cls.check_new(path, kind)
+        held = RunLock.acquire(path, f"start a {kind} run in") if lock else None
+        try:
+            cls.check_new(path, kind)  # again, holding the lock: a writer may have just begun
+        except BaseException:
+            if held is not None:
+                held.release()
+            raise
         path.mkdir(parents=True, exist_ok=True)
-        run = cls(path, kind)
+        run = cls(path, kind, held)
         clean_temporaries(path)
         for folder in _EARLY_FOLDERS:  # what an earlier start left: checked, ours, start over
             if (path / folder).is_dir():
@@ -280,16 +297,25 @@ class RunDir:
         return cls(path, kind)
 
     @classmethod
-    def resume(cls, path: str | Path, kind: RunKind) -> RunDir:
-        """``open`` for writing: also removes the temporaries a killed run left."""
+    def resume(cls, path: str | Path, kind: RunKind, lock: bool = True) -> RunDir:
+        """``open`` for writing: takes the run's lock (``lock``) and removes the temporaries
+        a killed run left."""
         run = cls.open(path, kind, "resume")
         if run.latest() is None:
             raise RunDirError(f"{run.path}: nothing to resume (no checkpoint yet); start it "
                               "again without --resume in a new folder")
+        if lock:
+            run.lock = RunLock.acquire(run.path, "resume")
         for folder in (run.path, run.checkpoints):
             if folder.is_dir():
                 clean_temporaries(folder)
         return run
+
+    def close(self) -> None:
+        """Free the run's lock (if this object holds it); the run stays as it is."""
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
 
     # -- files ------------------------------------------------------------------------------
     @property

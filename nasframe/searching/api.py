@@ -7,6 +7,7 @@ the supernet under a fixed seed and hands everything to the
 """
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -232,8 +233,13 @@ def search(space: SearchSpace | str | None = None,
         if out is not None:
             RunDir.check_new(out, RunKind.SEARCH)  # before any work: a refused --out costs nothing
 
-    device = resolve_device(cfg.device)
-    world = World.from_env(device)
+    try:
+        device = resolve_device(cfg.device)
+        world = World.from_env(device)
+    except BaseException:
+        if run is not None:
+            run.close()
+        raise
     try:
         result = _run(cfg, space_obj, strat, data, run, out, world, device, resume, progress)
     except BaseException:
@@ -246,6 +252,19 @@ def search(space: SearchSpace | str | None = None,
 def _run(cfg: SearchConfig, space_obj: SearchSpace, strat: Strategy, data: Any,
          run: RunDir | None, out: str | Path | None, world: World, device: torch.device,
          resume: bool, progress: bool) -> SearchResult:
+    holder = [run]  # the runs whose lock this call frees at its end
+    try:
+        return _run_locked(cfg, space_obj, strat, data, run, out, world, device, resume,
+                           progress, holder)
+    finally:
+        for held in holder:
+            if held is not None:
+                held.close()  # the run's lock: another writer may go on
+
+
+def _run_locked(cfg: SearchConfig, space_obj: SearchSpace, strat: Strategy, data: Any,
+                run: RunDir | None, out: str | Path | None, world: World, device: torch.device,
+                resume: bool, progress: bool, holder: list[RunDir | None]) -> SearchResult:
     if device.type == "cuda" and world.world_size > 1:
         device = torch.device("cuda", world.local_rank)
     own_vocab = Vocab.load(run.file(VOCAB)) if run is not None and run.file(VOCAB).is_file() \
@@ -253,6 +272,7 @@ def _run(cfg: SearchConfig, space_obj: SearchSpace, strat: Strategy, data: Any,
     search_data = data if isinstance(data, SearchData) else prepare_data(cfg, world, own_vocab)
     if out is not None and run is None:
         run = _create_run(out, cfg, space_obj, strat, search_data, world)
+        holder.append(run)
     seed_everything(cfg.seed)
     net = build_supernet(space_obj, cfg, search_data.vocab_size, device)
     if cfg.memory_limit is not None and not resume:
@@ -304,7 +324,22 @@ def _resumed(space: Any, strategy: Any, data: Any, config: Any, out: str | Path 
     the call gives."""
     if out is None:
         raise ConfigError("resume=True needs the run directory (out=...)")
-    run = RunDir.resume(out, RunKind.SEARCH)
+    run = RunDir.resume(out, RunKind.SEARCH, lock=_main_process())
+    try:
+        return _resumed_run(run, space, strategy, data, config, steps, overrides)
+    except BaseException:
+        run.close()
+        raise
+
+
+def _main_process() -> bool:
+    """Whether this process writes the run (the only one, or rank 0 under torchrun)."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def _resumed_run(run: RunDir, space: Any, strategy: Any, data: Any, config: Any,
+                 steps: int | None, overrides: dict[str, Any]
+                 ) -> tuple[SearchConfig, SearchSpace, Strategy, RunDir]:
     path = run.file("config.json")
     recorded = SearchConfig.from_json(read_text(path, MAX_JSON_BYTES, "config"), where=str(path))
     given = dict(overrides)
@@ -342,7 +377,7 @@ def _create_run(out: str | Path, cfg: SearchConfig, space: SearchSpace, strat: S
         if data.vocab is not None:
             data.vocab.save(run.file(VOCAB))
     world.barrier()
-    return RunDir(Path(out), RunKind.SEARCH)
+    return run if world.main else RunDir(Path(out), RunKind.SEARCH)
 
 
 def derive_checkpoint(path: str | Path) -> Architecture:

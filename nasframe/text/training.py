@@ -321,45 +321,51 @@ def train(arch: Architecture | None, out: str | Path, config: TrainConfig | None
     the list of differences). ``corpora`` passes already loaded (train, valid) corpora.
     """
     console = console or Console(stderr=True)
-    if resume:
-        run = RunDir.resume(out, RunKind.TRAIN)
-        arch, config, data = _resumed_setup(run, arch, config, data, overrides or {})
-    else:
-        RunDir.check_new(out, RunKind.TRAIN)  # before any work: a refused --out costs nothing
-        if arch is None:
-            raise ConfigError("train: an architecture is needed (--arch arch.json)")
-        config = apply_overrides(config or TrainConfig.preset_config("tiny"), overrides or {})
-        data = (data or DataSpec()).absolute()
-    train_corpus, valid_corpus = corpora or load_data(data)
-    if resume:
-        vocab = Vocab.load(run.file(VOCAB))
-    else:
-        vocab = get_or_train_vocab(train_corpus, vocab_cache or cache_dir(), config.vocab_size)
-    train_pairs, dropped_train = _encode(train_corpus, vocab, config.max_len, "train", console)
-    valid_pairs, dropped_valid = _encode(valid_corpus, vocab, config.max_len, "valid", console)
-    if not resume:
-        run = RunDir.create(out, RunKind.TRAIN, {"architecture": arch.space.name})
-        arch.save(run.file(ARCH))
-        vocab.save(run.file(VOCAB))
-    run.write_json("config.json", {"train": config.model_dump(mode="json"),
-                                   "data": data.model_dump(mode="json")})
-    trainer = Trainer(run, config, arch, len(vocab), train_pairs, valid_pairs, console, progress)
-    if resume:
-        trainer.load_state_dict(run.load())
-        run.truncate_metrics(trainer.step)
-        console.print(f"resumed {run.path} at update {trainer.step:,}")
-    record_session(run, trainer.step, 1, str(trainer.device), console)
-    dropped = {"train": dropped_train, "valid": dropped_valid}
-    run.log({"event": "data", "step": trainer.step, "train_pairs": len(train_pairs),
-             "valid_pairs": len(valid_pairs), "dropped_train": dropped_train,
-             "dropped_valid": dropped_valid, "max_len": config.max_len,
-             "vocab_size": len(vocab), "parameters": count_parameters(trainer.model),
-             "embedding_parameters": parameter_breakdown(trainer.model)["embedding"],
-             "threads": torch.get_num_threads()})
-    console.print(f"model: {count_parameters(trainer.model):,} parameters on {trainer.device}")
-    result = trainer.run()
-    result.dropped = dropped
-    return result
+    run: RunDir | None = None
+    try:  # the run's lock is freed however the run ends
+        if resume:
+            run = RunDir.resume(out, RunKind.TRAIN)
+            arch, config, data = _resumed_setup(run, arch, config, data, overrides or {})
+        else:
+            RunDir.check_new(out, RunKind.TRAIN)  # before any work: a refused --out costs nothing
+            if arch is None:
+                raise ConfigError("train: an architecture is needed (--arch arch.json)")
+            config = apply_overrides(config or TrainConfig.preset_config("tiny"), overrides or {})
+            data = (data or DataSpec()).absolute()
+        train_corpus, valid_corpus = corpora or load_data(data)
+        if resume:
+            vocab = Vocab.load(run.file(VOCAB))
+        else:
+            vocab = get_or_train_vocab(train_corpus, vocab_cache or cache_dir(), config.vocab_size)
+        train_pairs, dropped_train = _encode(train_corpus, vocab, config.max_len, "train", console)
+        valid_pairs, dropped_valid = _encode(valid_corpus, vocab, config.max_len, "valid", console)
+        if not resume:
+            run = RunDir.create(out, RunKind.TRAIN, {"architecture": arch.space.name})
+            arch.save(run.file(ARCH))
+            vocab.save(run.file(VOCAB))
+        run.write_json("config.json", {"train": config.model_dump(mode="json"),
+                                       "data": data.model_dump(mode="json")})
+        trainer = Trainer(run, config, arch, len(vocab), train_pairs, valid_pairs, console,
+                          progress)
+        if resume:
+            trainer.load_state_dict(run.load())
+            run.truncate_metrics(trainer.step)
+            console.print(f"resumed {run.path} at update {trainer.step:,}")
+        record_session(run, trainer.step, 1, str(trainer.device), console)
+        dropped = {"train": dropped_train, "valid": dropped_valid}
+        run.log({"event": "data", "step": trainer.step, "train_pairs": len(train_pairs),
+                 "valid_pairs": len(valid_pairs), "dropped_train": dropped_train,
+                 "dropped_valid": dropped_valid, "max_len": config.max_len,
+                 "vocab_size": len(vocab), "parameters": count_parameters(trainer.model),
+                 "embedding_parameters": parameter_breakdown(trainer.model)["embedding"],
+                 "threads": torch.get_num_threads()})
+        console.print(f"model: {count_parameters(trainer.model):,} parameters on {trainer.device}")
+        result = trainer.run()
+        result.dropped = dropped
+        return result
+    finally:
+        if run is not None:
+            run.close()
 
 
 def _resumed_setup(run: RunDir, arch: Architecture | None, config: TrainConfig | None,
