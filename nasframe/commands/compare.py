@@ -8,6 +8,7 @@ OUT/compare.png (bars with error bars; needs matplotlib).
 
   nasframe compare --strategies darts-reversible,darts,spos,random --baselines transformer \\
       --seeds 3 --out runs/cmp
+  nasframe compare --config table1 --out runs/t1      # the packaged benchmarks/table1.toml
   nasframe compare --config benchmarks/table1.toml --out runs/t1
   nasframe compare --config benchmarks/table1.toml --seeds 3 --jobs 2 --out runs/t1
   nasframe compare --config benchmarks/table1.toml --out runs/t1 --resume   # after a kill
@@ -27,11 +28,30 @@ def _names(text: str) -> list[str]:
     return [n.strip() for n in text.split(",") if n.strip()]
 
 
+def packaged_config(path: Path) -> Path:
+    """The compare TOML that ``--config`` names: the file itself when it exists, else a
+    packaged benchmark (``nasframe.benchmarks``, the checkout's ``benchmarks/``) named by its
+    bare name (``table1``, ``table1.toml``) or by its path in a checkout
+    (``benchmarks/table1.toml``), so the paper's tables run from an installed package."""
+    if path.exists():
+        return path
+    parts = path.parts
+    if len(parts) == 1 or (len(parts) == 2 and parts[0] == "benchmarks"):
+        name = parts[-1] if parts[-1].endswith(".toml") else parts[-1] + ".toml"
+        from importlib.resources import files
+
+        packaged = files("nasframe.benchmarks").joinpath(name)
+        if packaged.is_file():
+            return Path(str(packaged))
+    return path  # load_spec reports the missing file
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("compare", help="strategies and baselines head to head at equal size",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", type=Path, metavar="FILE.toml",
-                   help="rows and shared settings (see benchmarks/table1.toml)")
+                   help="rows and shared settings: a TOML file, or the name of a packaged "
+                   "one (table1, table2, table5: benchmarks/<name>.toml)")
     p.add_argument("--strategies", type=_names, default=[], metavar="A,B,...",
                    help="one searched row per strategy, on its default space")
     p.add_argument("--baselines", type=_names, default=[], metavar="A,B,...",
@@ -81,9 +101,9 @@ def run(args: argparse.Namespace) -> int:
                 "beam": args.beam, "device": args.device}
     console = Console(stderr=True)
     if args.config is not None:
-        result = compare(args.config, args.out, resume=args.resume, quick=args.quick,
-                         progress=not args.no_progress, console=console, jobs=args.jobs,
-                         **settings)
+        result = compare(packaged_config(args.config), args.out, resume=args.resume,
+                         quick=args.quick, progress=not args.no_progress, console=console,
+                         jobs=args.jobs, **settings)
     else:
         options = dict(parse_assignment(o) for o in args.space_option)
         from nasframe.compare.spec import spec_from_names

@@ -58,6 +58,9 @@ SPEC, JSON, MD, PNG = "spec.json", "compare.json", "compare.md", "compare.png"
 
 @dataclass
 class CompareResult:
+    """What ``compare`` returns: the output folder, per-cell records, the per-row summary and
+    the files written."""
+
     out: Path
     records: list[dict[str, Any]]
     summary: list[dict[str, Any]]
@@ -214,7 +217,7 @@ def _write_tables(out: Path, spec: CompareSpec, records: list[dict[str, Any]], t
               f"{' (matched to ' + reference + ')' if reference else ''} for "
               f"{_budget(s.train_steps, s.train_minutes)}; search "
               f"{_budget(s.search_steps, s.search_minutes)} ({s.search_preset}); BLEU/chrF on "
-              f"{s.test_sentences or 'all'} test sentences, beam {s.beam}; "
+              f"{_scored_sentences(records, s.test_sentences)}, beam {s.beam}; "
               f"{meta['threads']} thread(s)"
               f"{f' per cell, {jobs} cells at a time' if jobs > 1 else ''}, {meta['device']}. "
               "Mean ± sample std over n seeds."
@@ -222,6 +225,22 @@ def _write_tables(out: Path, spec: CompareSpec, records: list[dict[str, Any]], t
                  "(params_off in compare.json)." if s.quick else ""))
     atomic_write_text(markdown(summary, header) + contrasts_markdown(paired), out / MD)
     return CompareResult(out, records, summary, {"json": out / JSON, "md": out / MD})
+
+
+def _scored_sentences(records: list[dict[str, Any]], setting: int | None) -> str:
+    """How many test sentences the records were scored on, from the records themselves
+    (``test_sentences`` of ``test_of``): the setting asks for the first N, but a hold-out
+    with fewer sentences scores all it has. Without records, the setting."""
+    counts = sorted({(r["test_sentences"], r["test_of"]) for r in records
+                     if isinstance(r.get("test_sentences"), int)
+                     and isinstance(r.get("test_of"), int)})
+    if not counts:
+        return f"{setting or 'all'} test sentences"
+
+    def one(scored: int, of: int) -> str:
+        return f"all {of:,}" if scored == of else f"the first {scored:,} of {of:,}"
+
+    return " / ".join(one(*c) for c in counts) + " test sentences"
 
 
 def _seconds_so_far(out: Path) -> float:
