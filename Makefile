@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 # The local CPU build; the project itself only needs torch>=2.4 (pyproject.toml).
 TORCH  ?= torch==2.13.0
 
-.PHONY: demo test contracts lint bench clean
+.PHONY: demo test contracts docs lint bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,15 @@ test: $(VENV)/.installed
 contracts: $(VENV)/.installed
 	$(VENV)/bin/lint-imports
 
+# The documentation site (mkdocs.yml) into site/; --strict: a broken link, a missing page or
+# a public name without a docstring (docs/_gen/reference.py) fails the build.
+$(VENV)/.docs-installed: pyproject.toml $(VENV)/.installed
+	$(PY) -m pip install -q -e ".[docs]"
+	touch $@
+
+docs: $(VENV)/.docs-installed
+	NO_MKDOCS_2_WARNING=1 DISABLE_MKDOCS_2_WARNING=true $(VENV)/bin/mkdocs build --strict --site-dir site
+
 lint: $(VENV)/.installed
 	$(PY) -m pip install -q ruff && $(VENV)/bin/ruff check nasframe benchmarks tests
 
@@ -33,4 +42,4 @@ bench: $(VENV)/.installed
 	$(PY) -m benchmarks.strategies
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build site *.egg-info
