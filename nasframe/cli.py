@@ -34,6 +34,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``nasframe`` argument parser, with every command of ``nasframe.commands``."""
     from nasframe import __version__, commands
 
     parser = _Parser(prog="nasframe",

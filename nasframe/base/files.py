@@ -31,13 +31,18 @@ __all__ = ["KiB", "MiB", "GiB", "MAX_JSON_BYTES", "MAX_LINE_BYTES", "MAX_TOML_BY
            "append_line", "atomic_write_bytes", "atomic_write_text", "clean_temporaries",
            "find_links", "is_link", "read_bytes", "read_json", "read_text"]
 
-KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
-#: A JSON record of ours (run.json, config.json, arch.json, a cell's record...).
+KiB = 1 << 10
+"""Bytes in a kibibyte."""
+MiB = 1 << 20
+"""Bytes in a mebibyte."""
+GiB = 1 << 30
+"""Bytes in a gibibyte."""
 MAX_JSON_BYTES = 64 * MiB
-#: A config or compare TOML.
+"""The largest JSON record of ours read (run.json, config.json, arch.json, a cell's record...)."""
 MAX_TOML_BYTES = 4 * MiB
-#: One line of a text file we read line by line (metrics.jsonl, a corpus).
+"""The largest config or compare TOML read."""
 MAX_LINE_BYTES = 1 * MiB
+"""The longest line of a text file read line by line (metrics.jsonl, a corpus)."""
 
 _READ_FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) \
     | getattr(os, "O_CLOEXEC", 0)

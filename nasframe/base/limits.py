@@ -18,19 +18,22 @@ __all__ = ["DEFAULT_MAX_PARAMS", "ENV_MAX_PARAMS", "MAX_BLOCKS", "MAX_D_MODEL", 
            "MAX_VOCAB_SIZE", "check_params", "check_vocab_size", "format_count", "max_params",
            "parse_max_params", "set_max_params"]
 
-#: Parameters a model may have unless the user raises the bound (the paper's largest models
-#: have ~10^8; two billion leaves room for anything a single machine trains).
 DEFAULT_MAX_PARAMS = 2_000_000_000
-#: Field bounds of ``ModelConfig``: far above any real model, low enough that no arithmetic
-#: on them (and no Python loop over blocks) runs away before the parameter check.
+"""Parameters a model may have unless the user raises the bound (the paper's largest models
+have ~10^8; two billion leaves room for anything a single machine trains)."""
+# Field bounds of ``ModelConfig``: far above any real model, low enough that no arithmetic
+# on them (and no Python loop over blocks) runs away before the parameter check.
 MAX_BLOCKS = 1024
+"""The most blocks a ``ModelConfig`` may ask for."""
 MAX_D_MODEL = 65_536
+"""The largest ``ModelConfig.d_model``."""
 MAX_EMBED_DIM = 65_536
-#: A vocabulary (sentencepiece's own practical limit is far below).
+"""The largest ``ModelConfig.embed_dim``."""
 MAX_VOCAB_SIZE = 4_194_304
+"""The largest vocabulary (sentencepiece's own practical limit is far below)."""
 
-#: The environment variable that sets the limit (``--max-params`` sets it for workers).
 ENV_MAX_PARAMS = "NASFRAME_MAX_PARAMS"
+"""The environment variable that sets the limit (``--max-params`` sets it for workers)."""
 _override: int | None = None
 
 

@@ -70,6 +70,7 @@ def resolve_device(name: str) -> torch.device:
 # ----------------------------------------------------------------------------- precision
 
 Precision = Literal["fp32", "bf16", "fp16"]
+"""The arithmetic of the ops: float32, or bfloat16/float16 autocast."""
 _AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 

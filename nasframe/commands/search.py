@@ -44,6 +44,7 @@ _FLAG_KEYS = {
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``search``, ``strategies``, ``derive`` and ``show`` to the command line."""
     _register_search(subparsers)
     p = subparsers.add_parser("strategies", help="list the installed search strategies",
                               description="List installed strategies (built-in and plugins "

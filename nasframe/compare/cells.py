@@ -88,6 +88,7 @@ def load_inputs(settings: CompareSettings) -> tuple[tuple[ParallelCorpus, Parall
 
 
 def cell_dir(out: Path, row: Row, seed: int) -> Path:
+    """The folder of one row and seed of a comparison: ``OUT/<row slug>/seed<seed>``."""
     return out / slug(row.name) / f"seed{seed}"
 
 

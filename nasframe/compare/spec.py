@@ -118,6 +118,9 @@ class Row(_Strict):
 
 
 class CompareSpec(_Strict):
+    """A whole comparison: the shared settings (the TOML's ``[compare]`` table) and its rows
+    (``[[rows]]``)."""
+
     settings: CompareSettings = Field(default_factory=CompareSettings)
     rows: list[Row]
 

@@ -22,6 +22,10 @@ MODES: tuple[Mode, ...] = ("weighted", "single")
 
 
 class ChoiceNode(nn.Module):
+    """One architecture decision in a supernet: its candidate ops and their alphas, evaluated
+    as the softmax(alpha)-weighted sum (``weighted``) or as the one selected candidate
+    (``single``)."""
+
     def __init__(self, name: str, labels: list[str], candidates: list[nn.Module],
                  alpha: nn.Parameter) -> None:
         super().__init__()

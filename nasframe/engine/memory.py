@@ -27,6 +27,8 @@ __all__ = ["SavedBytes", "saved_bytes", "peak_bytes", "allocated_peak_bytes", "d
 
 @dataclass
 class SavedBytes:
+    """What a forward pass saved for backward: unique storage bytes and tensor count."""
+
     bytes: int
     tensors: int
 

@@ -29,9 +29,9 @@ if TYPE_CHECKING:
 
 __all__ = ["MAX_OPS", "check_model_size", "count_parameters", "make_op", "model_parameters"]
 
-#: Op modules (candidates included) a model may hold: each is a Python object built one at a
-#: time, so a recorded config of 10^7 layers would exhaust memory before any parameter.
 MAX_OPS = 1 << 18
+"""Op modules (candidates included) a model may hold: each is a Python object built one at a
+time, so a recorded config of 10^7 layers would exhaust memory before any parameter."""
 
 
 def count_parameters(module: nn.Module) -> int:
@@ -104,6 +104,7 @@ def _op_count(space: SearchSpace, blocks: int, fixed: bool) -> int:
 
 def make_op(spec: OpSpec, width: int, causal: bool, norm: str, dropout: float,
              d_model: int) -> nn.Module:
+    """Build the op ``spec`` names at ``width``; a ``SpaceError`` says where it sits."""
     try:
         return ops.create_op(spec.name, width, causal=causal, dropout=dropout,
                              memory_dim=d_model, norm=norm, **spec.params)

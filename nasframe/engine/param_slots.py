@@ -27,6 +27,7 @@ __all__ = ["Slot", "slots_of", "held", "unique", "bound", "requiring_grad", "for
            "check_owned", "label"]
 
 Slot = tuple[nn.Module, str]
+"""Where a parameter or buffer lives: its module and attribute name."""
 
 
 def slots_of(f: Any) -> list[Slot]:

@@ -184,16 +184,19 @@ PRESETS: dict[str, dict[str, Any]] = {
         "evolution": {"population": 8, "parents": 3, "iterations": 3, "eval_batches": 4},
     },
 }
+"""The search presets: what each changes from the field defaults (``paper`` is the
+defaults)."""
 
 
 def preset_names() -> list[str]:
+    """Names of the search presets (``tiny``, ``small``, ``paper``)."""
     return list(PRESETS)
 
 
-#: What each preset is for, as --help and the "chose preset" line say it.
 PRESET_HELP = {"tiny": "CPU, minutes: search ~2 min, re-training ~5 min on 2 cores",
                "small": "one GPU, about an hour (not yet timed)",
                "paper": "the paper's sizes, days on one GPU (not yet timed)"}
+"""What each preset is for, as --help and the "chose preset" line say it."""
 
 
 def default_preset(device: str = "auto") -> str:
@@ -272,6 +275,7 @@ TRAIN_PRESETS: dict[str, dict[str, Any]] = {
         "warmup": 4000, "checkpoint_every": 2000, "average_last": 5, "log_every": 100,
     },
 }
+"""The re-training presets (``tiny``, ``small``, ``paper``): the values each sets."""
 
 
 def load_config(path: str | Path, base: C | None = None,

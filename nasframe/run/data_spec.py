@@ -14,8 +14,8 @@ from nasframe.base.errors import ConfigError, describe_validation_error
 
 __all__ = ["EMBEDDED_NAME", "DataSpec"]
 
-#: The corpus that ships inside the package (LibreOffice help, en-de).
 EMBEDDED_NAME = "lohelp"
+"""The corpus that ships inside the package (LibreOffice help, en-de)."""
 
 
 class DataSpec(BaseModel):

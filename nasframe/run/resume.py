@@ -25,11 +25,13 @@ __all__ = ["SEARCH_RESUMABLE", "TRAIN_RESUMABLE", "record_session", "resume_conf
 
 M = TypeVar("M", bound=BaseModel)
 
-#: Fields a resumed run may change (dotted names); ``preset`` only names where a config began.
 SEARCH_RESUMABLE = ("steps", "checkpoint_every", "log_every", "keep_checkpoints", "device",
                     "skip_nonfinite", "preset")
+"""Search fields a resumed run may change (dotted names); ``preset`` only names where a config
+began."""
 TRAIN_RESUMABLE = ("steps", "minutes", "checkpoint_every", "valid_every", "log_every",
                    "keep_checkpoints", "average_last", "device", "skip_nonfinite", "preset")
+"""Re-training fields a resumed run may change."""
 
 
 def _unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:

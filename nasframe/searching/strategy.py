@@ -37,7 +37,9 @@ __all__ = [
 ]
 
 ENTRY_POINT_GROUP = "nasframe.strategies"
+"""The entry-point group where installed packages register strategies."""
 Backbone = Literal["reversible", "standard", "any"]
+"""Which backbone a strategy trains: the reversible stack, the standard one, or either."""
 
 
 @runtime_checkable

@@ -47,6 +47,7 @@ def gradients(loss: Tensor, params: Sequence[Tensor]) -> list[Tensor | None]:
 
 
 def assign_grads(params: Sequence[Tensor], grads: Sequence[Tensor | None]) -> None:
+    """Set each parameter's ``.grad`` (None leaves it out of the optimiser step)."""
     for p, g in zip(params, grads):
         p.grad = g
 

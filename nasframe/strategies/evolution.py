@@ -21,6 +21,8 @@ __all__ = ["DiscreteSpace", "Objective", "ChoiceSpace", "Candidate", "evolve"]
 
 
 class DiscreteSpace(ABC):
+    """What evolution searches: architectures it can sample, mutate, cross and save."""
+
     @abstractmethod
     def random_sample(self, rng: random.Random) -> Architecture: ...
 
@@ -38,6 +40,8 @@ class DiscreteSpace(ABC):
 
 
 class Objective(ABC):
+    """Scores an architecture for evolution (lower is better)."""
+
     @abstractmethod
     def evaluate(self, arch: Architecture) -> float:
         """The score of ``arch``; lower is better."""
@@ -78,6 +82,8 @@ class ChoiceSpace(DiscreteSpace):
 
 @dataclass(frozen=True)
 class Candidate:
+    """An architecture evolution scored, with its score (lower is better)."""
+
     arch: Architecture
     score: float
 

@@ -15,8 +15,14 @@ from nasframe.text.data import DataSpec, Vocab
 __all__ = ["ARCH", "AVERAGE", "BEST", "LoadedRun", "VOCAB", "choose_checkpoint",
            "load_run", "read_train_config"]
 
-ARCH, VOCAB = "arch.json", "vocab.model"
-BEST, AVERAGE = "checkpoint_best.pt", "checkpoint_avg.pt"
+ARCH = "arch.json"
+"""A run's architecture file."""
+VOCAB = "vocab.model"
+"""A run's sentencepiece model."""
+BEST = "checkpoint_best.pt"
+"""The checkpoint of a re-training's best validation loss."""
+AVERAGE = "checkpoint_avg.pt"
+"""The average of a re-training's last checkpoints (``average_last``)."""
 
 
 @dataclass

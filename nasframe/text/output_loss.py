@@ -27,8 +27,8 @@ if TYPE_CHECKING:
 __all__ = ["CHUNK_ELEMENTS", "output_loss", "output_loss_terms", "seq2seq_loss",
            "seq2seq_loss_terms"]
 
-#: A chunk's logits hold at most this many elements (16 MiB in float32), or one row.
 CHUNK_ELEMENTS = 1 << 22
+"""A chunk's logits hold at most this many elements (16 MiB in float32), or one row."""
 
 
 def _dtypes(h: Tensor) -> tuple[torch.dtype, torch.dtype]:

@@ -72,7 +72,9 @@ class Operation(nn.Module):
 
 
 NormStyle = Literal["post", "pre", "branch"]
+"""Where an op puts its layer norm: after the residual sum, before the op, or on the branch."""
 NORM_STYLES: tuple[str, ...] = get_args(NormStyle)
+"""The values of ``NormStyle``."""
 
 
 class Residual(Operation):
@@ -137,10 +139,13 @@ def register_op(name: str, *, replace: bool = False) -> Callable[[OpFactory], Op
 
 
 def available_ops() -> list[str]:
+    """Names of the registered operations, sorted."""
     return sorted(_REGISTRY)
 
 
 def op_factory(name: str) -> OpFactory:
+    """The factory registered under ``name`` (looking in installed plugins if needed); a
+    ``SpaceError`` names the known ops otherwise."""
     if name not in _REGISTRY:  # perhaps an installed package registers it
         from nasframe.dsl.plugins import load_entry_points
 

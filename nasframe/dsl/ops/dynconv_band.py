@@ -19,6 +19,7 @@ from torch import Tensor
 __all__ = ["BAND_MIN_KERNEL", "use_band", "band_forward", "band_backward"]
 
 BAND_MIN_KERNEL = 15  # at kernel 7 the band lost at 64x24 sentences (478 against 401 us)
+"""The smallest kernel width for which the banded dynamic convolution is used."""
 
 
 def use_band(kernel: int, length: int) -> bool:

@@ -12,6 +12,8 @@ from nasframe.dsl.space import Sequential
 
 
 class SequentialLayer(nn.Module):
+    """One searched layer of the standard backbone: its residual sublayers applied in order."""
+
     def __init__(self, sublayers: list[nn.Module]) -> None:
         super().__init__()
         self.sublayers = nn.ModuleList(sublayers)
@@ -24,6 +26,9 @@ class SequentialLayer(nn.Module):
 
 
 class SequentialStack(nn.Module):
+    """The standard (non-reversible) Transformer stack: ``SequentialLayer``s applied in order,
+    trained by ordinary backprop."""
+
     def __init__(self, layers: list[SequentialLayer]) -> None:
         super().__init__()
         self.layers = nn.ModuleList(layers)

@@ -21,8 +21,8 @@ from nasframe.text.data.vocab import BOS_ID, EOS_ID, PAD_ID, Vocab
 
 __all__ = ["Batch", "Pair", "TokenBatcher", "batch_cost", "collate", "encode_corpus"]
 
-#: A sentence pair as subword ids, without bos or eos.
 Pair = tuple[list[int], list[int]]
+"""A sentence pair as subword ids, without bos or eos."""
 
 
 @dataclass(eq=False)  # tensors have no single truth value, so no field-wise ==

@@ -35,8 +35,8 @@ __all__ = [
     "write_tsv",
 ]
 
-#: The splits of the corpus shipped inside the package (``--data lohelp``).
 EMBEDDED_SPLITS = ("train", "valid", "test")
+"""The splits of the corpus shipped inside the package (``--data lohelp``)."""
 _EMBEDDED_FOLDER = "lohelp-en-de"
 
 

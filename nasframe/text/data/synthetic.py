@@ -16,6 +16,7 @@ from nasframe.text.data.vocab import NUM_SPECIAL
 __all__ = ["SyntheticTask", "synthetic_pairs"]
 
 SyntheticTask = Literal["copy", "reverse", "sort"]
+"""The synthetic tasks: the target is the source copied, reversed or sorted."""
 
 
 def _target(task: SyntheticTask, src: list[int]) -> list[int]:

@@ -40,9 +40,16 @@ __all__ = [
     "vocab_cache_key",
 ]
 
-PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
-#: Ids below this are special; ordinary tokens start here.
+PAD_ID = 0
+"""Id of the padding token."""
+UNK_ID = 1
+"""Id of the unknown-piece token."""
+BOS_ID = 2
+"""Id of the beginning-of-sentence token."""
+EOS_ID = 3
+"""Id of the end-of-sentence token."""
 NUM_SPECIAL = 4
+"""Ids below this are special; ordinary tokens start here."""
 
 #: Bounds training time on big corpora. Sentences past this many are not read (no sampling,
 #: so the result does not depend on sentencepiece's random generator).
