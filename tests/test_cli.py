@@ -1,12 +1,14 @@
 """The command line: search, strategies, derive, show, and user errors as `error: ...`."""
 from __future__ import annotations
 
+import argparse
 import json
+import re
 from pathlib import Path
 
 import pytest
 
-from nasframe.cli import main
+from nasframe.cli import build_parser, main
 
 SMALL = ["--space", "tiny", "--strategy", "darts-reversible", "--preset", "tiny",
          "--data", "synthetic:reverse", "--vocab-size", "12", "--max-tokens", "64",
@@ -99,8 +101,17 @@ def test_user_errors_exit_2_without_traceback(capsys: pytest.CaptureFixture[str]
 def test_search_help_documents_every_setting(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run(capsys, "search", "--help")
     assert code == 0
-    for flag in ("--space", "--strategy", "--preset", "--config", "--out", "--resume",
-                 "--data", "--steps", "--checkpoint-every", "--second-order", "--set",
-                 "--memory-saving", "--alpha-lr", "--population"):
-        assert flag in out
+    parser = _subcommand(build_parser(), "search")
+    flags = [(flag, action) for action in parser._actions for flag in action.option_strings]
+    assert len(flags) > 40
+    for flag, action in flags:  # every flag of the parser, each with its own help text
+        assert re.search(rf"(?<![\w-]){re.escape(flag)}(?![\w-])", out), flag
+        own = re.sub(r"\s*\[[^\]]*\]$", "", action.help or "")  # less the preset values
+        assert own.strip() and argparse.SUPPRESS not in own, flag
+    assert argparse.SUPPRESS not in out
     assert "[60000 / 10000 / 300]" in out  # --steps in the paper / small / tiny presets
+
+
+def _subcommand(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return sub.choices[name]

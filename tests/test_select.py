@@ -46,12 +46,27 @@ def test_select_retrains_every_checkpoint_and_writes_the_best(search_run):
             assert (Path(r["run_dir"]) / "checkpoints" / "checkpoint_best.pt").is_file()
 
 
+def _files(folder: Path) -> dict[str, tuple[int, int, bytes]]:
+    """Every file under ``folder``: inode, mtime and bytes (a rewrite changes one of them)."""
+    return {str(f.relative_to(folder)): (f.stat().st_ino, f.stat().st_mtime_ns, f.read_bytes())
+            for f in sorted(folder.rglob("*")) if f.is_file()}
+
+
 def test_select_cli_resume_and_errors(search_run, tmp_path, capfd):
     # capfd, not capsys: sentencepiece's trainer needs a real stderr file descriptor
     run, corpus = search_run
-    assert main(["select", str(run), "--train-steps", "2", "--vocab-size", "200",
-                 "--resume", "--no-progress"]) == 0
+    argv = ["select", str(run), "--train-steps", "2", "--vocab-size", "200", "--no-progress"]
+    assert main(argv) == 0  # re-trains every checkpoint's architecture
+    capfd.readouterr()
+    before = _files(run / "select")
+    assert any(name.startswith("step") and name.endswith(".json") for name in before)
+    assert any(name.endswith("checkpoint_best.pt") for name in before)
+    first = json.loads((run / "select.json").read_text())
+    assert main([*argv, "--resume"]) == 0
     assert capfd.readouterr().out.strip().endswith("arch_selected.json")
+    # --resume reused every record: nothing under select/ was re-trained or rewritten
+    assert _files(run / "select") == before
+    assert json.loads((run / "select.json").read_text())["rows"] == first["rows"]
     assert main(["select", str(tmp_path), "--train-steps", "2"]) == 2
     assert "not a nasframe run directory" in capfd.readouterr().err
 
