@@ -161,3 +161,18 @@ def test_readers_take_no_lock(runs, capfd, tmp_path):
         (tmp_path / "in.txt").write_text("Click OK.\n")
         assert main(["translate", "--model", str(runs["train"]), "--input",
                      str(tmp_path / "in.txt"), "--beam", "1"]) == 0
+
+
+def test_compare_and_select_refuse_a_second_writer(runs, run_copy, tmp_path, capfd):
+    run = run_copy("search")
+    with RunLock.acquire(run):
+        before = snapshot(run)
+        assert main(["select", str(run), "--train-steps", "2", "--no-progress"]) == 2
+        assert "another writer holds this run" in capfd.readouterr().err
+        assert snapshot(run) == before
+    out = tmp_path / "cmp"
+    with RunLock.acquire(out):  # a comparison just starting there
+        assert main(["compare", "--baselines", "transformer", "--quick", "--out", str(out),
+                     "--no-progress"]) == 2
+        assert "another writer holds this run" in capfd.readouterr().err
+        assert sorted(p.name for p in out.iterdir()) == [LOCK_FILE]

@@ -49,10 +49,10 @@ def test_a_run_is_created_only_in_a_new_or_empty_folder(tmp_path: Path) -> None:
 
 
 def test_a_run_refuses_the_other_kind(tmp_path: Path) -> None:
-    search = RunDir.create(tmp_path / "s", RunKind.SEARCH)
-    RunDir.create(tmp_path / "s", RunKind.SEARCH)  # killed before a checkpoint: start over
+    RunDir.create(tmp_path / "s", RunKind.SEARCH).close()  # killed before a checkpoint:
+    search = RunDir.create(tmp_path / "s", RunKind.SEARCH)   # started over
     search.save_checkpoint(1, {"model": {"w": torch.ones(1)}})
-    RunDir.create(tmp_path / "t", RunKind.TRAIN)
+    RunDir.create(tmp_path / "t", RunKind.TRAIN).close()
     with pytest.raises(RunDirError, match="search run.*a train run would overwrite it"):
         RunDir.create(tmp_path / "s", RunKind.TRAIN)
     with pytest.raises(RunDirError, match="training run.*a search run would overwrite it"):

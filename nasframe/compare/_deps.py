@@ -10,6 +10,7 @@ from pathlib import Path
 from nasframe.engine.sizing import match_size, parameter_breakdown
 from nasframe.engine.sizing import parse_count as parse_params
 from nasframe.run.config import SearchConfig, TrainConfig, apply_overrides
+from nasframe.run.lock import LOCK_FILE, RunLock
 from nasframe.run.rundir import RunDir, RunKind
 from nasframe.searching.api import SearchData, prepare_data, resolve_space, search
 from nasframe.text.data import (
@@ -26,8 +27,8 @@ from nasframe.text.evaluation import evaluate_run
 from nasframe.text.training import train
 
 __all__ = [
-    "DataSpec", "DecodeOptions", "ParallelCorpus", "RunDir", "RunKind", "SearchConfig",
-    "SearchData", "TrainConfig",
+    "DataSpec", "DecodeOptions", "LOCK_FILE", "ParallelCorpus", "RunDir", "RunKind", "RunLock",
+    "SearchConfig", "SearchData", "TrainConfig",
     "Vocab", "apply_overrides", "cache_dir", "evaluate_run", "has_checkpoint",
     "get_or_train_vocab", "load_data", "load_split", "match_size", "parameter_breakdown",
     "parse_params", "prepare_data", "resolve_space", "search", "train",

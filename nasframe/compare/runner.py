@@ -34,9 +34,7 @@ from rich.progress import (
 
 from nasframe.base.errors import CheckpointError, ConfigError, RunDirError
 from nasframe.base.files import atomic_write_text, find_links, read_json
-from nasframe.compare._deps import (
-    TrainConfig,
-)
+from nasframe.compare._deps import LOCK_FILE, RunLock, TrainConfig
 from nasframe.compare.cells import Shared, load_inputs, run_cell
 from nasframe.compare.parallel import run_parallel, worker_threads
 from nasframe.compare.report import contrasts, contrasts_markdown, markdown, summarise
@@ -94,7 +92,15 @@ def compare(spec: CompareSpec | str | Path | None = None, out: str | Path = "run
         spec = miniature(spec)
     out = Path(out)
     console = console or Console(stderr=True)
-    _claim(out, spec, resume)
+    _claim(out, spec, resume, write=False)  # refused before anything is touched
+    with RunLock.acquire(out, "run a comparison in"):  # one writer at a time
+        _claim(out, spec, resume)
+        return _run(spec, out, resume, progress, console, jobs, threads)
+
+
+def _run(spec: CompareSpec, out: Path, resume: bool, progress: bool, console: Console,
+         jobs: int, threads: int) -> CompareResult:
+    """Every cell of the claimed comparison in ``out``, then its tables."""
     before = _seconds_so_far(out) if resume else 0.0
     s = spec.settings
     with console.status("corpus and joint sentencepiece vocabulary (trained once, cached)"):
@@ -166,14 +172,15 @@ def target_parameters(spec: CompareSpec, base: ModelConfig, vocab_size: int
     return count_parameters(build_model(arch, base, vocab_size)), name
 
 
-def _claim(out: Path, spec: CompareSpec, resume: bool) -> None:
-    """Record the spec. A fresh comparison takes a new or empty folder; a resumed one must be
-    the same comparison, in a folder without links (it may come from someone else)."""
+def _claim(out: Path, spec: CompareSpec, resume: bool, write: bool = True) -> None:
+    """Record the spec (``write``; else only check). A fresh comparison takes a new or empty
+    folder; a resumed one must be the same comparison, in a folder without links (it may come
+    from someone else)."""
     path = out / SPEC
     text = spec.model_dump_json(indent=2)
     if out.exists() and not out.is_dir():
         raise RunDirError(f"{out}: exists and is not a folder; choose a new --out")
-    if out.is_dir() and any(out.iterdir()):
+    if out.is_dir() and any(p.name != LOCK_FILE for p in out.iterdir()):
         if not path.exists() and not path.is_symlink():
             raise RunDirError(f"{out}: not empty and not a comparison (no {SPEC}); choose a "
                               "new or empty folder (nothing there was changed)")
@@ -188,8 +195,9 @@ def _claim(out: Path, spec: CompareSpec, resume: bool) -> None:
             raise CheckpointError(f"{out} holds a comparison with other rows or settings "
                                   f"(see {path}); resume it with the same ones")
         return
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(text + "\n", path)
+    if write:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(text + "\n", path)
 
 
 def _write_tables(out: Path, spec: CompareSpec, records: list[dict[str, Any]], target: int,

@@ -24,6 +24,7 @@ from nasframe.compare._deps import (
     DataSpec,
     RunDir,
     RunKind,
+    RunLock,
     TrainConfig,
     cache_dir,
     get_or_train_vocab,
@@ -72,7 +73,14 @@ def select(run: str | Path, train_steps: int, *, data: str | None = None,
     selected architecture. ``params`` sizes every model to that many parameters (blocks and
     d), else each is built at the preset's size."""
     run = RunDir.open(run, RunKind.SEARCH, "select from").path  # no links, its code imported
-    console = console or Console(stderr=True)
+    with RunLock.acquire(run, "select from"):  # it writes into the run: one writer at a time
+        return _select(run, train_steps, data, preset, params, seed, vocab_size, resume,
+                       progress, console or Console(stderr=True))
+
+
+def _select(run: Path, train_steps: int, data: str | None, preset: str,
+            params: int | str | None, seed: int, vocab_size: int | None, resume: bool,
+            progress: bool, console: Console) -> dict[str, Any]:
     archs = checkpoint_architectures(run)
     data = data or _search_data(run)
     config = TrainConfig.preset_config(preset, seed=seed, vocab_size=vocab_size)
