@@ -29,7 +29,7 @@ from nasframe.base.errors import DiskFullError, NasframeError, RunDirError
 
 __all__ = ["KiB", "MiB", "GiB", "MAX_JSON_BYTES", "MAX_LINE_BYTES", "MAX_TOML_BYTES",
            "append_line", "atomic_write_bytes", "atomic_write_text", "clean_temporaries",
-           "find_links", "is_link", "read_bytes", "read_json", "read_text"]
+           "find_links", "is_link", "process_alive", "read_bytes", "read_json", "read_text"]
 
 KiB = 1 << 10
 """Bytes in a kibibyte."""
@@ -219,7 +219,7 @@ def clean_temporaries(folder: str | Path) -> list[Path]:
     removed = []
     for tmp in _entries(Path(folder)):
         m = _TMP.match(tmp.name)
-        if m is None or _alive(int(m.group("pid"))):
+        if m is None or _live_writer(int(m.group("pid"))):
             continue
         tmp.unlink(missing_ok=True)
         removed.append(tmp)
@@ -234,9 +234,8 @@ def _entries(folder: Path) -> Iterable[Path]:
         return []
 
 
-def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return False  # ours, but no write of ours is under way while we clean
+def process_alive(pid: int) -> bool:
+    """Whether a process ``pid`` runs on this host (one we may not signal counts as running)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -244,3 +243,9 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def _live_writer(pid: int) -> bool:
+    """Whether the process that named a temporary may still be writing it (never this one:
+    no write of ours is under way while we clean)."""
+    return pid != os.getpid() and process_alive(pid)

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from nasframe.base.errors import RunDirError
+from nasframe.base.files import process_alive
 
 try:  # POSIX; elsewhere the lease alone guards the run
     import fcntl
@@ -154,7 +155,7 @@ def _check_holder(folder: Path, holder: dict[str, Any], purpose: str, lease: flo
         return ""
     host, pid = holder.get("host"), holder.get("pid")
     if host == socket.gethostname():
-        if isinstance(pid, int) and pid != os.getpid() and _alive(pid):
+        if isinstance(pid, int) and pid != os.getpid() and process_alive(pid):
             # alive, yet its OS lock is gone: a filesystem without flock; trust the lease
             if _lease_runs(holder, lease):
                 raise RunDirError(_refusal(folder, holder, purpose))
@@ -167,13 +168,3 @@ def _check_holder(folder: Path, holder: dict[str, Any], purpose: str, lease: flo
 def _lease_runs(holder: dict[str, Any], lease: float) -> bool:
     renewed = holder.get("renewed")
     return isinstance(renewed, (int, float)) and time.time() - renewed < lease
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
