@@ -19,6 +19,7 @@ from nasframe.base.errors import (
     SpaceError,
 )
 from nasframe.base.runtime import rng_state, set_random_state, set_rng_state
+from nasframe.compare.groundtruth import GroundTruth
 from nasframe.dsl import ops
 from nasframe.dsl.architecture import Architecture, derive
 from nasframe.dsl.ops import Context, IncrementalState, Operation, Residual, register_op
@@ -56,4 +57,5 @@ __all__ = [
     "DataSpec", "DiskFullError", "LoadedRun", "NonFiniteError", "RunDir", "RunDirError",
     "RunKind", "TrainConfig", "TrainResult", "evaluate", "load_run", "rng_state",
     "set_random_state", "set_rng_state", "train", "translate", "updates",
+    "GroundTruth",
 ]
