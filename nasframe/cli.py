@@ -70,7 +70,8 @@ def _add_common_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 #: Commands that compute enough for the thread count to matter.
-_HEAVY = {"search", "train", "translate", "evaluate", "quickstart", "compare", "select", "bench"}
+_HEAVY = {"search", "train", "translate", "evaluate", "quickstart", "compare", "select", "bench",
+          "tabulate"}
 
 
 def _setup(args: argparse.Namespace) -> None:
