@@ -787,3 +787,11 @@ def test_an_imported_file_is_read_once_and_those_bytes_run(tmp_path, monkeypatch
     records = plugins.save_imports(run)  # the copy is the bytes that ran
     copy = next(r for r in records if r.get("file") == str(path.resolve()))["copy"]
     assert (run / copy).read_text() == honest
+
+
+@pytest.mark.parametrize("source, message", [(b"def (\n", "line 1: invalid syntax"),
+                                             (b"x = 1\n\x00\n", "not Python source")])
+def test_an_import_that_is_not_python_is_one_error_line(source, message, tmp_path, capfd):
+    (tmp_path / "broken.py").write_bytes(source)
+    code, _, err = cli(capfd, "space", "tiny", "--import", tmp_path / "broken.py")
+    assert_refused(code, err, message)

@@ -83,9 +83,11 @@ def _import_file(spec: str, path: Path, expected: str | None) -> ModuleType:
         try:
             code = compile(data, str(path), "exec")
             _run(lambda: exec(code, module.__dict__), spec)  # the bytes that were hashed
-        except SyntaxError as err:
+        except (SyntaxError, ValueError) as err:  # ValueError: a NUL byte, on some Pythons
             del sys.modules[key]
-            raise ConfigError(f"--import {spec}: line {err.lineno}: {err.msg}") from None
+            line = getattr(err, "lineno", None)
+            where = f"line {line}: " if line else "not Python source: "
+            raise ConfigError(f"--import {spec}: {where}{getattr(err, 'msg', err)}") from None
         except ConfigError:
             del sys.modules[key]
             raise
