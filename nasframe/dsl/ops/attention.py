@@ -26,7 +26,14 @@ from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
 from nasframe.base.errors import NasframeError, SpaceError
-from nasframe.dsl.ops.base import Context, Operation, Residual, register_op, zeros_at_padding
+from nasframe.dsl.ops.base import (
+    Context,
+    Operation,
+    Residual,
+    positive_int,
+    register_op,
+    zeros_at_padding,
+)
 from nasframe.dsl.ops.dropout import Dropout, keep_mask, keep_scale, masked_scale
 
 __all__ = [
@@ -216,14 +223,14 @@ class CrossAttention(MultiHeadAttention):
         return {"key": self.split_heads(k), "value": self.split_heads(v), "padding": padding}
 
 
-@register_op("self_attention")
+@register_op("self_attention", checks={"heads": positive_int})
 def self_attention(dim: int, *, causal: bool, dropout: float, heads: int = 8) -> Operation:
     """Multi-head self attention (causal in the decoder) with its own residual and layer norm."""
     check_heads("self_attention", dim, heads)
     return Residual(dim, SelfAttention(dim, heads, dropout, causal), dropout)
 
 
-@register_op("cross_attention")
+@register_op("cross_attention", checks={"heads": positive_int})
 def cross_attention(dim: int, *, causal: bool, dropout: float, memory_dim: int | None = None,
                     heads: int = 8) -> Operation:
     """Attention from the decoder to the encoder output, with its own residual and layer norm.

@@ -8,9 +8,10 @@ norm sits is the ``norm`` style of ``create_op`` (see ``Residual``).
 from __future__ import annotations
 
 import inspect
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal, get_args
+from typing import Any, Literal, get_args, get_origin
 
 from torch import Tensor, nn
 
@@ -20,7 +21,7 @@ from nasframe.dsl.ops.dropout import Dropout
 __all__ = [
     "Context", "IncrementalState", "NORM_STYLES", "NormStyle", "Operation", "Residual",
     "register_op", "create_op", "available_ops", "op_factory", "check_op_params",
-    "zeros_at_padding",
+    "positive_int", "zeros_at_padding",
 ]
 
 
@@ -121,18 +122,30 @@ def check_norm_style(style: str) -> NormStyle:
 # ----------------------------------------------------------------------------- registry
 
 OpFactory = Callable[..., Operation]
+ParamCheck = Callable[[Any], "str | None"]
+"""Checks one argument's value at declaration: None if fine, else what is wrong with it
+(``"is not a positive integer"``), completed as ``op 'conv': kernel=0 is not a ...``."""
 _REGISTRY: dict[str, OpFactory] = {}
+_CHECKS: dict[str, dict[str, ParamCheck]] = {}
 # Keywords the framework passes to a factory when its signature accepts them.
 _STANDARD_KEYWORDS = ("causal", "dropout", "memory_dim", "norm")
 
 
-def register_op(name: str, *, replace: bool = False) -> Callable[[OpFactory], OpFactory]:
-    """Register ``factory(dim, *, causal, dropout, [memory_dim], **params) -> Operation``."""
+def register_op(name: str, *, replace: bool = False,
+                checks: dict[str, ParamCheck] | None = None,
+                ) -> Callable[[OpFactory], OpFactory]:
+    """Register ``factory(dim, *, causal, dropout, [memory_dim], **params) -> Operation``.
+
+    Each argument is checked when a space declares the op: its type against the factory's
+    annotation or default (``Literal[...]`` annotations give the accepted values), then by
+    ``checks[argument]`` if given (see ``ParamCheck``).
+    """
 
     def decorate(factory: OpFactory) -> OpFactory:
         if name in _REGISTRY and not replace and _REGISTRY[name] is not factory:
             raise SpaceError(f"op {name!r} is already registered (pass replace=True to override)")
         _REGISTRY[name] = factory
+        _CHECKS[name] = dict(checks or {})
         return factory
 
     return decorate
@@ -166,17 +179,68 @@ def _parameters(factory: OpFactory) -> tuple[set[str], bool]:
     return names, var_kw
 
 
+def positive_int(value: Any) -> str | None:
+    """A ``ParamCheck``: the value must be an integer of at least 1."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        return "is not a positive integer"
+    return None
+
+
+_KINDS: dict[type, tuple[str, Callable[[Any], bool]]] = {
+    bool: ("a boolean", lambda v: isinstance(v, bool)),
+    int: ("an integer", lambda v: isinstance(v, int) and not isinstance(v, bool)),
+    float: ("a number", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)),
+    str: ("a string", lambda v: isinstance(v, str)),
+}
+
+
+def _hints(factory: OpFactory) -> dict[str, Any]:
+    try:
+        return typing.get_type_hints(factory)
+    except Exception:  # noqa: BLE001 - an annotation that does not resolve is just not used
+        return {}
+
+
+def _type_problem(factory: OpFactory, key: str, value: Any) -> str | None:
+    """What is wrong with ``value`` for argument ``key`` judged by the factory's signature."""
+    try:
+        param = inspect.signature(factory).parameters.get(key)
+    except (TypeError, ValueError):  # pragma: no cover - builtins without a signature
+        return None
+    if param is None:
+        return None
+    hint = _hints(factory).get(key)
+    if get_origin(hint) is Literal:
+        allowed = get_args(hint)
+        if value not in allowed or type(value) not in {type(a) for a in allowed}:
+            return "is not one of " + ", ".join(repr(a) for a in allowed)
+        return None
+    kind = hint if hint in _KINDS else None
+    if kind is None and param.default is not param.empty and type(param.default) in _KINDS:
+        kind = type(param.default)
+    if kind is not None and not _KINDS[kind][1](value):
+        return f"is not {_KINDS[kind][0]}"
+    return None
+
+
 def check_op_params(name: str, params: dict[str, Any]) -> None:
-    """Raise SpaceError if ``name`` is unknown or ``params`` names an argument it does not take."""
-    names, var_kw = _parameters(op_factory(name))
-    if var_kw:
-        return
+    """Raise SpaceError if ``name`` is unknown, ``params`` names an argument it does not take,
+    or a value is not one its factory accepts (one line: op, argument and value)."""
+    factory = op_factory(name)
+    names, var_kw = _parameters(factory)
     for key in params:
-        if key in _STANDARD_KEYWORDS or key not in names:
+        if not var_kw and (key in _STANDARD_KEYWORDS or key not in names):
             allowed = sorted(names - set(_STANDARD_KEYWORDS)) or ["none"]
             raise SpaceError(
                 f"op {name!r} takes no parameter {key!r} (its parameters: {', '.join(allowed)})"
             )
+    checks = _CHECKS.get(name, {})
+    for key, value in params.items():
+        problem = _type_problem(factory, key, value)
+        if problem is None and key in checks:
+            problem = checks[key](value)
+        if problem:
+            raise SpaceError(f"op {name!r}: {key}={value!r} {problem}")
 
 
 def create_op(name: str, dim: int, *, causal: bool = False, dropout: float = 0.0,

@@ -23,7 +23,14 @@ from torch import Tensor, nn
 
 from nasframe.base.errors import NasframeError, SpaceError
 from nasframe.dsl.ops.attention import check_heads, check_mask
-from nasframe.dsl.ops.base import Context, Operation, Residual, register_op, zeros_at_padding
+from nasframe.dsl.ops.base import (
+    Context,
+    Operation,
+    Residual,
+    positive_int,
+    register_op,
+    zeros_at_padding,
+)
 from nasframe.dsl.ops.dropout import Dropout
 from nasframe.dsl.ops.dropout import dropout as drop
 from nasframe.dsl.ops.dynconv_fn import DynamicConvBlock, KernelSpec, convolve
@@ -169,14 +176,14 @@ class DynamicConv(ConvBlock):
                         self.spec(offset))
 
 
-@register_op("conv")
+@register_op("conv", checks={"kernel": positive_int})
 def conv(dim: int, *, causal: bool, dropout: float, kernel: int = 3) -> Operation:
     """Standard convolution block (GLU, dense Conv1d, Linear) with its residual and layer norm."""
     check_kernel("conv", kernel, causal)
     return Residual(dim, StandardConv(dim, kernel, causal), dropout)
 
 
-@register_op("dynamic_conv")
+@register_op("dynamic_conv", checks={"kernel": positive_int, "heads": positive_int})
 def dynamic_conv(dim: int, *, causal: bool, dropout: float, kernel: int = 3,
                  heads: int = 8) -> Operation:
     """Dynamic convolution block (Wu et al., 2019) with its residual and layer norm."""

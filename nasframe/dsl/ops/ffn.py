@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
 from nasframe.base.errors import SpaceError
-from nasframe.dsl.ops.base import Context, Operation, Residual, register_op
+from nasframe.dsl.ops.base import Context, Operation, Residual, positive_int, register_op
 from nasframe.dsl.ops.dropout import Dropout, keep_mask, keep_scale, masked_scale
 
 __all__ = ["FeedForward", "GatedFeedForward", "activate_drop_project", "ffn", "glu"]
@@ -135,14 +135,14 @@ class _ActivateDropProject(torch.autograd.Function):
         return g_h, g_w, g_b, None, None, None
 
 
-@register_op("ffn")
+@register_op("ffn", checks={"expansion": positive_int})
 def ffn(dim: int, *, causal: bool, dropout: float, expansion: int = 4) -> Operation:
     """Transformer feed-forward block with its own residual and layer norm."""
     hidden = _hidden_width("ffn", dim, expansion)
     return Residual(dim, FeedForward(dim, hidden, dropout), dropout)
 
 
-@register_op("glu")
+@register_op("glu", checks={"expansion": positive_int})
 def glu(dim: int, *, causal: bool, dropout: float, expansion: int = 4) -> Operation:
     """Gated-linear-unit feed-forward block with its own residual and layer norm."""
     hidden = _hidden_width("glu", dim, expansion)
