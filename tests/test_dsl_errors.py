@@ -59,25 +59,6 @@ def test_malformed_declaration_says_what_and_where(make, expected):
     assert message_of(make) == expected
 
 
-def test_a_part_built_as_an_object_keeps_its_place():
-    message = message_of(lambda: nf.SearchSpace(
-        encoder=nf.Stack(choices=["ffn"]),
-        decoder=nf.Stack(splits=3, choices=["cross_attention"],
-                         topology=[["X2"], ["X2"], ["Y1"]]),
-    ))
-    assert message == ("decoder.topology: split 2 reads X2: not invertible "
-                       "(F_2 may read only Y_1..Y_1 and X_3..X_3)")
-    message = message_of(lambda: nf.SearchSpace(
-        encoder=nf.Stack(splits=1, choices=["ffn"]), decoder=DECODER))
-    assert message == "encoder.splits: 1 is below the minimum 2"
-    message = message_of(lambda: nf.SearchSpace(
-        encoder=nf.Sequential(["self_attention", nf.OpSet(["ffn", "ffn"])]), decoder=DECODER))
-    assert message == "encoder.sublayers.1.ops: duplicate ops ['ffn']"
-    message = message_of(lambda: nf.SearchSpace(
-        encoder=nf.Stack(choices=["ffn", nf.op("conv", kernel=0)]), decoder=DECODER))
-    assert message == "encoder.choices.1: op 'conv': kernel=0 is not a positive integer"
-
-
 def test_a_part_from_a_mapping_or_json_has_its_full_path():
     assert message_of(lambda: nf.SearchSpace(
         encoder={"kind": "reversible", "splits": 1, "choices": ["ffn"]}, decoder=DECODER,

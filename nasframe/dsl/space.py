@@ -18,12 +18,9 @@ which may be a choice.
 """
 from __future__ import annotations
 
-import ast
 import hashlib
-import linecache
 import math
 import re
-import sys
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -42,189 +39,11 @@ from pydantic import (
 from nasframe.base.errors import SpaceError
 from nasframe.base.files import MAX_JSON_BYTES, read_text
 from nasframe.dsl import ops
+from nasframe.dsl.messages import format_validation_error
 
 __all__ = ["OpSpec", "op", "OpSet", "Stack", "Sequential", "SearchSpace", "default_topology"]
 
 Scalar = bool | int | float | str
-
-
-_TAGS = ("reversible", "sequential")  # discriminator tags pydantic puts in error locations
-
-
-_UNION_MEMBER = re.compile(r"^(OpSet|OpSpec|bool|int|float|str)$|\[")  # loc parts of a union
-
-
-def _shown(value: Any) -> str:
-    """The value given, as the message shows it: a DSL object by its kind, others by repr."""
-    if isinstance(value, BaseModel):
-        return f"a {type(value).__name__}"
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def _field_model(annotation: Any) -> Any:
-    """The first DSL model inside an annotation (``list[OpSpec]`` -> OpSpec)."""
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    for arg in getattr(annotation, "__args__", ()) or ():
-        found = _field_model(arg)
-        if found is not None:
-            return found
-    return None
-
-
-def _owner(root: type[BaseModel] | None, loc: list[Any]) -> Any:
-    """The model class that owns the last part of ``loc`` (for naming its fields)."""
-    cls: Any = root
-    for part in loc[:-1]:
-        if part in _TAGS:
-            cls = Stack if part == "reversible" else Sequential
-        elif isinstance(cls, type) and issubclass(cls, BaseModel) and part in cls.model_fields:
-            cls = _field_model(cls.model_fields[part].annotation)
-    return cls if isinstance(cls, type) and issubclass(cls, BaseModel) else None
-
-
-def _message(errors: list[dict[str, Any]], root: type[BaseModel] | None,
-             loc: list[Any]) -> str:
-    """One message for the errors pydantic gives at one place (several for a union)."""
-    e = errors[0]
-    kind, value, ctx = e["type"], e.get("input"), e.get("ctx") or {}
-    classes = {x.get("ctx", {}).get("class_name") for x in errors if x["type"] == "model_type"}
-    if "OpSpec" in classes:
-        return (f"{_shown(value)} is not an op; an op is a name or nf.op(...)"
-                + (", a choice a list of ops" if "OpSet" in classes else ""))
-    if "OpSet" in classes:
-        return f"{_shown(value)} is not an op set; a choice is a list of ops or nf.OpSet([...])"
-    if {x["type"] for x in errors} >= {"bool_type", "string_type"}:  # an op parameter
-        return f"{_shown(value)} is not a number, string or boolean"
-    if kind == "greater_than_equal":
-        return f"{_shown(value)} is below the minimum {ctx['ge']}"
-    if kind == "less_than_equal":
-        return f"{_shown(value)} is above the maximum {ctx['le']}"
-    if kind == "greater_than":
-        return f"{_shown(value)} is not greater than {ctx['gt']}"
-    if kind == "less_than":
-        return f"{_shown(value)} is not less than {ctx['lt']}"
-    if kind in ("int_type", "int_parsing", "int_from_float"):
-        return f"{_shown(value)} is not an integer"
-    if kind in ("float_type", "float_parsing"):
-        return f"{_shown(value)} is not a number"
-    if kind in ("bool_type", "bool_parsing"):
-        return f"{_shown(value)} is not a boolean"
-    if kind == "string_type":
-        return f"{_shown(value)} is not a string"
-    if kind == "literal_error":
-        return f"{_shown(value)} is not one of {ctx['expected'].replace(' or ', ', ')}"
-    if kind == "missing":
-        return "missing; it must be given"
-    if kind == "extra_forbidden":
-        owner = _owner(root, loc)
-        if owner is None:
-            return f"not a field here (given {_shown(value)})"
-        fields = [f for f in owner.model_fields if f != "kind"]
-        return f"{owner.__name__} has no field {loc[-1]!r}; its fields: {', '.join(fields)}"
-    if kind == "dict_type":
-        return f"{_shown(value)} is not a mapping"
-    if kind in ("list_type", "tuple_type"):
-        return f"{_shown(value)} is not a list"
-    if kind in ("union_tag_not_found", "model_attributes_type") and loc[-1:] in (
-            ["encoder"], ["decoder"]):
-        if isinstance(value, dict):
-            return ("a part given as a mapping needs kind 'reversible' (a Stack) or "
-                    "'sequential' (a Sequential)")
-        return f"{_shown(value)} is not a layer; a part is nf.Stack(...) or nf.Sequential(...)"
-    if kind == "union_tag_invalid":
-        return (f"kind {ctx.get('tag')!r} is not 'reversible' (a Stack) or "
-                "'sequential' (a Sequential)")
-    if kind in ("model_type", "model_attributes_type"):
-        return f"{_shown(value)} is not a {ctx.get('class_name', 'declaration')}"
-    return str(e["msg"]).removeprefix("Value error, ")
-
-
-def _format_validation_error(err: ValidationError, root: str,
-                             model: type[BaseModel] | None = None, place: str = "") -> str:
-    """One ``field: message`` line per place at fault; the value given is in each message.
-
-    ``place`` is where the failing object sits (``decoder``), put before every field path.
-    """
-    groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
-    for e in err.errors():
-        loc = tuple(p for p in e["loc"]
-                    if not (isinstance(p, str) and (p in _TAGS or _UNION_MEMBER.search(p))))
-        groups.setdefault(loc, []).append(e)
-    lines = []
-    for loc, errors in groups.items():
-        where = ".".join([place] * bool(place) + [str(p) for p in loc]) or root
-        message = _message(errors, model, _loc_fields(errors[0]["loc"]))
-        lines.append(f"{where}: {message}" if where else message)
-    return "\n".join(lines)
-
-
-def _loc_fields(loc: tuple[Any, ...]) -> list[Any]:
-    """A pydantic location without its union-member parts (the tags stay, for ``_owner``)."""
-    return [p for p in loc if not (isinstance(p, str) and _UNION_MEMBER.search(p))]
-
-
-_DSL_CALLS = {"SearchSpace": {}, "Stack": {}, "Sequential": {0: "sublayers"}, "OpSet": {0: "ops"}}
-
-
-def _call_place() -> str:
-    """Where the DSL object being built sits in the caller's source, from the enclosing
-    ``nf.SearchSpace(decoder=nf.Stack(...))`` calls: ``decoder``; "" if unknown.
-
-    A part is built before the space that holds it, so its own error would otherwise lose
-    its place; the caller's source expression is the only record of it.
-    """
-    try:
-        frame = sys._getframe(1)
-        while frame is not None and frame.f_code.co_filename == __file__:
-            frame = frame.f_back
-        if frame is None:
-            return ""
-        code = frame.f_code
-        positions = list(code.co_positions())[frame.f_lasti // 2]
-        source = "".join(linecache.getlines(code.co_filename, frame.f_globals))
-        if not source or None in positions:
-            return ""
-        tree = ast.parse(source)
-    except Exception:  # noqa: BLE001 - no source, or an interpreter without positions
-        return ""
-    parents: dict[ast.AST, ast.AST] = {}
-    target = None
-    for node in ast.walk(tree):
-        for child in ast.iter_child_nodes(node):
-            parents[child] = node
-        if isinstance(node, ast.Call) and (node.lineno, node.end_lineno, node.col_offset,
-                                           node.end_col_offset) == tuple(positions):
-            target = node
-    parts: list[str] = []
-    node = target
-    while node is not None and node in parents:
-        parent = parents[node]
-        if isinstance(parent, (ast.List, ast.Tuple)):
-            parts.append(str(parent.elts.index(node)))
-            node = parent
-            continue
-        name = None
-        if isinstance(parent, ast.keyword) and parent.arg and parent in parents:
-            name, parent = parent.arg, parents[parent]
-        if not isinstance(parent, ast.Call):
-            break
-        func = parent.func
-        called = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
-        if called not in _DSL_CALLS:
-            break
-        if name is None:
-            positional = _DSL_CALLS[called]
-            index = parent.args.index(node) if node in parent.args else -1
-            if index not in positional:
-                break
-            name = positional[index]
-        parts.append(name)
-        node = parent
-    if node is target:  # not inside another DSL call
-        return ""
-    return ".".join(reversed(parts))
 
 
 _VALIDATING: ContextVar[bool] = ContextVar("nasframe_space_validating", default=False)
@@ -246,8 +65,7 @@ class _Model(BaseModel):
             if not outermost:
                 raise
             root = "" if isinstance(self, OpSpec) else type(self).__name__  # op errors say "op"
-            raise SpaceError(_format_validation_error(err, root, type(self),
-                                                      _call_place())) from None
+            raise SpaceError(format_validation_error(err, root, type(self), _KINDS)) from None
         finally:
             _VALIDATING.reset(token)
 
@@ -585,7 +403,8 @@ class SearchSpace(_Model):
         try:
             return cls.model_validate_json(text)
         except ValidationError as err:
-            raise SpaceError(prefix + _format_validation_error(err, "SearchSpace", cls)) from None
+            message = format_validation_error(err, "SearchSpace", cls, _KINDS)
+            raise SpaceError(prefix + message) from None
         finally:
             _VALIDATING.reset(token)
 
@@ -599,3 +418,7 @@ def _all_labels(spec: Stack | Sequential) -> list[str]:
     for _, what in spec.units():
         labels += what.labels if isinstance(what, OpSet) else [what.label]
     return labels
+
+
+#: The part classes by the tag a JSON or mapping declaration gives (``kind``), for messages.
+_KINDS: dict[str, type[BaseModel]] = {"reversible": Stack, "sequential": Sequential}
