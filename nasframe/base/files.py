@@ -29,7 +29,8 @@ from nasframe.base.errors import DiskFullError, NasframeError, RunDirError
 
 __all__ = ["KiB", "MiB", "GiB", "MAX_JSON_BYTES", "MAX_LINE_BYTES", "MAX_TOML_BYTES",
            "append_line", "atomic_write_bytes", "atomic_write_text", "clean_temporaries",
-           "find_links", "is_link", "process_alive", "read_bytes", "read_json", "read_text"]
+           "find_links", "is_link", "process_alive", "read_bytes", "read_json", "read_text",
+           "refuse_links"]
 
 KiB = 1 << 10
 """Bytes in a kibibyte."""
@@ -144,6 +145,15 @@ def find_links(root: str | Path, limit: int = 100_000) -> list[Path]:
             if seen >= limit:
                 return found
     return found
+
+
+def refuse_links(root: str | Path, what: str = "run directory") -> None:
+    """Raise RunDirError naming the first symbolic link under ``root`` (a run directory or a
+    comparison never holds one, so one there was planted)."""
+    links = find_links(root)
+    if links:
+        raise RunDirError(f"{links[0]}: a symbolic link inside the {what} {root}; a {what} "
+                          "never holds links, so it is refused (nothing was read through it)")
 
 
 # ----------------------------------------------------------------------------- writing

@@ -33,7 +33,7 @@ from rich.progress import (
 )
 
 from nasframe.base.errors import CheckpointError, ConfigError, RunDirError
-from nasframe.base.files import atomic_write_text, find_links, read_json
+from nasframe.base.files import atomic_write_text, read_json, refuse_links
 from nasframe.compare._deps import LOCK_FILE, RunLock, TrainConfig
 from nasframe.compare.cells import Shared, load_inputs, run_cell
 from nasframe.compare.parallel import run_parallel, worker_threads
@@ -187,10 +187,7 @@ def _claim(out: Path, spec: CompareSpec, resume: bool, write: bool = True) -> No
         if not resume:
             raise CheckpointError(f"{out} already holds a comparison; pass --resume to finish "
                                   "it or choose another --out")
-        links = find_links(out)
-        if links:
-            raise RunDirError(f"{links[0]}: a symbolic link inside the comparison {out}; a "
-                              "comparison never holds links, so it is refused")
+        refuse_links(out, "comparison")
         if read_json(path, what="comparison spec") != json.loads(text):
             raise CheckpointError(f"{out} holds a comparison with other rows or settings "
                                   f"(see {path}); resume it with the same ones")

@@ -43,10 +43,10 @@ from nasframe.base.files import (
     append_line,
     atomic_write_text,
     clean_temporaries,
-    find_links,
     lines_of,
     read_json,
     read_text,
+    refuse_links,
 )
 from nasframe.base.runtime import atomic_save
 from nasframe.dsl.plugins import check_recorded, save_imports
@@ -282,7 +282,7 @@ class RunDir:
         path = Path(path)
         if not path.is_dir():
             raise RunDirError(f"{path}: no such run directory (to {purpose})")
-        _refuse_links(path)
+        refuse_links(path)
         if not (path / RUN_FILE).is_file():
             raise RunDirError(f"{path}: not a nasframe run directory (no {RUN_FILE})")
         info = read_json(path / RUN_FILE, what="run record")
@@ -433,17 +433,10 @@ def _recorded_kind(path: Path) -> RunKind | None:
         return None
 
 
-def _refuse_links(path: Path) -> None:
-    links = find_links(path)
-    if links:
-        raise RunDirError(f"{links[0]}: a symbolic link inside the run directory {path}; a run "
-                          "never holds links, so it is refused (nothing was read through it)")
-
-
 def _check_early_run(path: Path, kind: RunKind) -> None:
     """``path`` holds only what a ``kind`` run killed before its first checkpoint writes:
     no link, no file of anyone else's."""
-    _refuse_links(path)
+    refuse_links(path)
     for entry in path.iterdir():
         mode = entry.lstat().st_mode
         ours = (entry.name in _EARLY_FILES and stat.S_ISREG(mode)) or \

@@ -252,37 +252,28 @@ def search(space: SearchSpace | str | None = None,
 def _run(cfg: SearchConfig, space_obj: SearchSpace, strat: Strategy, data: Any,
          run: RunDir | None, out: str | Path | None, world: World, device: torch.device,
          resume: bool, progress: bool) -> SearchResult:
-    holder = [run]  # the runs whose lock this call frees at its end
     try:
-        return _run_locked(cfg, space_obj, strat, data, run, out, world, device, resume,
-                           progress, holder)
+        if device.type == "cuda" and world.world_size > 1:
+            device = torch.device("cuda", world.local_rank)
+        own_vocab = Vocab.load(run.file(VOCAB)) \
+            if run is not None and run.file(VOCAB).is_file() else None
+        search_data = data if isinstance(data, SearchData) else \
+            prepare_data(cfg, world, own_vocab)
+        if out is not None and run is None:
+            run = _create_run(out, cfg, space_obj, strat, search_data, world)
+        seed_everything(cfg.seed)
+        net = build_supernet(space_obj, cfg, search_data.vocab_size, device)
+        if cfg.memory_limit is not None and not resume:
+            cfg = _fit_keep_layers(net, cfg, search_data)
+        if world.world_size > 1:  # same weights everywhere (broadcast), different dropout
+            torch.manual_seed(cfg.seed + world.rank)
+        executor = Executor(net, strat, search_data.train, search_data.valid, cfg, run,
+                            valid_scoring=search_data.scoring, device=device, world=world,
+                            progress=progress)
+        return executor.run(resume=resume)
     finally:
-        for held in holder:
-            if held is not None:
-                held.close()  # the run's lock: another writer may go on
-
-
-def _run_locked(cfg: SearchConfig, space_obj: SearchSpace, strat: Strategy, data: Any,
-                run: RunDir | None, out: str | Path | None, world: World, device: torch.device,
-                resume: bool, progress: bool, holder: list[RunDir | None]) -> SearchResult:
-    if device.type == "cuda" and world.world_size > 1:
-        device = torch.device("cuda", world.local_rank)
-    own_vocab = Vocab.load(run.file(VOCAB)) if run is not None and run.file(VOCAB).is_file() \
-        else None
-    search_data = data if isinstance(data, SearchData) else prepare_data(cfg, world, own_vocab)
-    if out is not None and run is None:
-        run = _create_run(out, cfg, space_obj, strat, search_data, world)
-        holder.append(run)
-    seed_everything(cfg.seed)
-    net = build_supernet(space_obj, cfg, search_data.vocab_size, device)
-    if cfg.memory_limit is not None and not resume:
-        cfg = _fit_keep_layers(net, cfg, search_data)
-    if world.world_size > 1:  # same weights everywhere (broadcast), different dropout
-        torch.manual_seed(cfg.seed + world.rank)
-    executor = Executor(net, strat, search_data.train, search_data.valid, cfg, run,
-                        valid_scoring=search_data.scoring, device=device, world=world,
-                        progress=progress)
-    return executor.run(resume=resume)
+        if run is not None:
+            run.close()  # the run's lock: another writer may go on
 
 
 def _fit_keep_layers(net: Supernet, cfg: SearchConfig, data: SearchData) -> SearchConfig:
