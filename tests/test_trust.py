@@ -777,6 +777,10 @@ def test_an_imported_file_is_read_once_and_those_bytes_run(tmp_path, monkeypatch
         return data
 
     monkeypatch.setattr(plugins, "read_bytes", read_then_swap)
+    # this process's record of imports stays as it was: later tests (compare --jobs workers
+    # re-import what it lists) must not meet the swapped file
+    for name in ("_IMPORTED", "_FILES", "_SOURCES"):
+        monkeypatch.setattr(plugins, name, type(getattr(plugins, name))())
     module = plugins.import_user_code(str(path))
     assert module.VALUE == "honest" and not (tmp_path / "PWNED").exists()
     assert len(reads) == 1
